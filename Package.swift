@@ -1,0 +1,90 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "Keyline",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "keyline", targets: ["keyline"]),
+        .library(name: "KeylineCore", targets: ["KeylineCore"]),
+        .library(name: "KeylineCustody", targets: ["KeylineCustody"]),
+        .library(name: "KeylineLedger", targets: ["KeylineLedger"]),
+        .library(name: "KeylineStation", targets: ["KeylineStation"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+        .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
+    ],
+    targets: [
+        // libcrypto (OpenSSL 3, from libssl-dev) for opening the key files openssl writes.
+        .systemLibrary(
+            name: "CLibCrypto",
+            pkgConfig: "libcrypto",
+            providers: [.apt(["libssl-dev"])]
+        ),
+        // Pure issuance core: no file I/O, no clock, no randomness of its own.
+        .target(
+            name: "KeylineCore",
+            dependencies: [
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]
+        ),
+        // Key custody: the guarded CA key file (libcrypto), passphrase sources, file guards.
+        .target(
+            name: "KeylineCustody",
+            dependencies: [
+                "KeylineCore",
+                "CLibCrypto",
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ]
+        ),
+        // The ledger seam, the in-memory ledger and the SQLite (GRDB) ledger.
+        .target(
+            name: "KeylineLedger",
+            dependencies: [
+                "KeylineCore",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        // Station: configuration, the issuance service (reserve -> sign -> commit -> write), init.
+        .target(
+            name: "KeylineStation",
+            dependencies: [
+                "KeylineCore",
+                "KeylineCustody",
+                "KeylineLedger",
+                .product(name: "TOMLKit", package: "TOMLKit"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        .executableTarget(
+            name: "keyline",
+            dependencies: [
+                "KeylineCore",
+                "KeylineCustody",
+                "KeylineLedger",
+                "KeylineStation",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "X509", package: "swift-certificates"),
+            ]
+        ),
+        .testTarget(name: "KeylineCoreTests", dependencies: ["KeylineCore", .product(name: "X509", package: "swift-certificates"), .product(name: "Crypto", package: "swift-crypto"), .product(name: "SwiftASN1", package: "swift-asn1")]),
+        .testTarget(name: "KeylineCustodyTests", dependencies: ["KeylineCustody"]),
+        .testTarget(name: "KeylineLedgerTests", dependencies: ["KeylineLedger"]),
+        .testTarget(name: "KeylineStationTests", dependencies: ["KeylineStation"]),
+    ]
+)

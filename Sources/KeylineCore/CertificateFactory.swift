@@ -1,0 +1,160 @@
+import Crypto
+import _CryptoExtras
+import Foundation
+import SwiftASN1
+import X509
+
+/// Builds and signs certificates. Pure: the time, the serial's random bytes and the signing key are passed in.
+public enum CertificateFactory {
+    /// Turns random bytes into a positive DER INTEGER serial of at most 20 octets.
+    ///
+    /// Takes the first 20 bytes and clears the top bit, so the value is positive without a padding byte and keeps
+    /// at least 64 bits of entropy from the caller's CSPRNG (159 bits when given 20 random bytes).
+    public static func serial(fromRandom bytes: [UInt8]) throws -> Certificate.SerialNumber {
+        guard bytes.count >= 9 else { throw KeylineError(.internalError, "serial needs at least 9 random bytes") }
+        var b = Array(bytes.prefix(20))
+        b[0] &= 0x7F
+        if b.allSatisfy({ $0 == 0 }) { b[b.count - 1] = 1 }
+        return Certificate.SerialNumber(bytes: b)
+    }
+
+    /// The RFC 5280 method-1 key identifier: SHA-1 of the subjectPublicKey BIT STRING's contents.
+    ///
+    /// (swift-certificates' `subjectPublicKeyInfoBytes` holds exactly those contents, not the whole SPKI.)
+    public static func keyIdentifier(of key: Certificate.PublicKey) throws -> [UInt8] {
+        Array(Insecure.SHA1.hash(data: Array(key.subjectPublicKeyInfoBytes)))
+    }
+
+    /// The DER of the whole SubjectPublicKeyInfo.
+    public static func spkiDER(_ key: Certificate.PublicKey) -> [UInt8] {
+        var serializer = DER.Serializer()
+        // Serializing a well-formed public key cannot fail; an empty result would make every key collide, so trap.
+        try! serializer.serialize(key)
+        return serializer.serializedBytes
+    }
+
+    /// SHA-256 of the SubjectPublicKeyInfo DER, upper-case hex: the ledger's public-key identity.
+    public static func publicKeyFingerprint(_ key: Certificate.PublicKey) -> String {
+        Hex.sha256(spkiDER(key))
+    }
+
+    /// The DER encoding of a certificate.
+    public static func der(_ certificate: Certificate) throws -> [UInt8] {
+        var serializer = DER.Serializer()
+        try serializer.serialize(certificate)
+        return serializer.serializedBytes
+    }
+
+    /// The signature algorithm a CA key signs with: ECDSA-SHA256 for P-256, SHA-384 for P-384, SHA-256 for RSA.
+    public static func signatureAlgorithm(for key: Certificate.PublicKey) -> Certificate.SignatureAlgorithm {
+        if P384.Signing.PublicKey(key) != nil { return .ecdsaWithSHA384 }
+        if P256.Signing.PublicKey(key) != nil { return .ecdsaWithSHA256 }
+        if _RSA.Signing.PublicKey(key) != nil { return .sha256WithRSAEncryption }
+        return .ecdsaWithSHA256
+    }
+
+    /// The validity window of a leaf issued at `now`: notBefore five minutes back (never before the CA's own),
+    /// notAfter the earlier of `validityDays` ahead and the CA's notAfter. Refuses when less than
+    /// `minValidityDays` would remain.
+    public static func leafValidity(
+        now: Date,
+        validityDays: Int,
+        minValidityDays: Int,
+        ca: Certificate
+    ) -> Result<(notBefore: Date, notAfter: Date), KeylineError> {
+        let wholeNow = Date(timeIntervalSince1970: now.timeIntervalSince1970.rounded(.down))
+        let notBefore = max(wholeNow.addingTimeInterval(-300), ca.notValidBefore)
+        let wanted = wholeNow.addingTimeInterval(Double(validityDays) * 86400)
+        let notAfter = min(wanted, ca.notValidAfter)
+        let minimum = wholeNow.addingTimeInterval(Double(minValidityDays) * 86400)
+        if notAfter < minimum {
+            return .failure(
+                .refused(
+                    "validity",
+                    "the CA's notAfter \(Timestamp.iso(ca.notValidAfter)) leaves less than the profile's min_validity_days (\(minValidityDays))"
+                )
+            )
+        }
+        return .success((notBefore, notAfter))
+    }
+
+    /// The subject of a leaf: the profile's fixed O and OU (when set) and the CN.
+    public static func leafSubject(cn: String, profile: Profile) throws -> DistinguishedName {
+        try DistinguishedName {
+            if let o = profile.organization { OrganizationName(o) }
+            if let ou = profile.organizationalUnit { OrganizationalUnitName(ou) }
+            CommonName(cn)
+        }
+    }
+
+    /// Builds and signs a device leaf.
+    ///
+    /// X.509 v3; keyUsage critical digitalSignature; extendedKeyUsage clientAuth; SKI; AKI = the CA's SKI; no
+    /// basicConstraints (so no explicitly encoded default). The caller has already run the policy.
+    public static func leaf(
+        cn: String,
+        publicKey: Certificate.PublicKey,
+        profile: Profile,
+        ca: IssuingCA,
+        signer: Certificate.PrivateKey,
+        serial: Certificate.SerialNumber,
+        notBefore: Date,
+        notAfter: Date
+    ) throws -> Certificate {
+        let extensions = try Certificate.Extensions {
+            Critical(KeyUsage(digitalSignature: true))
+            try ExtendedKeyUsage([.clientAuth])
+            SubjectKeyIdentifier(keyIdentifier: ArraySlice(try keyIdentifier(of: publicKey)))
+            AuthorityKeyIdentifier(keyIdentifier: ArraySlice(ca.subjectKeyIdentifier))
+        }
+        return try Certificate(
+            version: .v3,
+            serialNumber: serial,
+            publicKey: publicKey,
+            notValidBefore: notBefore,
+            notValidAfter: notAfter,
+            issuer: ca.certificate.subject,
+            subject: try leafSubject(cn: cn, profile: profile),
+            signatureAlgorithm: signatureAlgorithm(for: ca.certificate.publicKey),
+            extensions: extensions,
+            issuerPrivateKey: signer
+        )
+    }
+
+    /// Builds a CA certificate: self-signed root when `issuer` is nil, else an intermediate signed by it.
+    ///
+    /// basicConstraints critical CA:TRUE (with `pathLength` when given); keyUsage critical keyCertSign + cRLSign;
+    /// SKI; AKI for intermediates.
+    public static func caCertificate(
+        subject: DistinguishedName,
+        publicKey: Certificate.PublicKey,
+        pathLength: Int?,
+        notBefore: Date,
+        notAfter: Date,
+        serial: Certificate.SerialNumber,
+        issuer: (certificate: Certificate, key: Certificate.PrivateKey)?,
+        selfKey: Certificate.PrivateKey
+    ) throws -> Certificate {
+        let ski = try keyIdentifier(of: publicKey)
+        let issuerSKI: [UInt8]? = try issuer.map { try Array($0.certificate.extensions.subjectKeyIdentifier?.keyIdentifier ?? []) }
+        let extensions = try Certificate.Extensions {
+            Critical(BasicConstraints.isCertificateAuthority(maxPathLength: pathLength))
+            Critical(KeyUsage(keyCertSign: true, cRLSign: true))
+            SubjectKeyIdentifier(keyIdentifier: ArraySlice(ski))
+            if let issuerSKI { AuthorityKeyIdentifier(keyIdentifier: ArraySlice(issuerSKI)) }
+        }
+        let signingKey = issuer?.key ?? selfKey
+        return try Certificate(
+            version: .v3,
+            serialNumber: serial,
+            publicKey: publicKey,
+            notValidBefore: notBefore,
+            notValidAfter: notAfter,
+            issuer: issuer?.certificate.subject ?? subject,
+            subject: subject,
+            signatureAlgorithm: signatureAlgorithm(for: signingKey.publicKey),
+            extensions: extensions,
+            issuerPrivateKey: signingKey
+        )
+    }
+}

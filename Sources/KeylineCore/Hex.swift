@@ -1,0 +1,53 @@
+import Crypto
+
+/// Hex and digest helpers shared by every module.
+public enum Hex {
+    /// Upper-case hex of `bytes`, as the backend shows fingerprints.
+    public static func upper<B: Sequence>(_ bytes: B) -> String where B.Element == UInt8 {
+        var s = ""
+        s.reserveCapacity(64)
+        for b in bytes {
+            s.append(digits[Int(b >> 4)])
+            s.append(digits[Int(b & 0xF)])
+        }
+        return s
+    }
+
+    /// Lower-case hex of `bytes`.
+    public static func lower<B: Sequence>(_ bytes: B) -> String where B.Element == UInt8 {
+        upper(bytes).lowercased()
+    }
+
+    /// Parses hex (either case, optional `:` separators); nil when not hex.
+    public static func decode(_ text: String) -> [UInt8]? {
+        let chars = Array(text.utf8.filter { $0 != UInt8(ascii: ":") })
+        guard chars.count % 2 == 0 else { return nil }
+        var out = [UInt8]()
+        out.reserveCapacity(chars.count / 2)
+        var i = 0
+        while i < chars.count {
+            guard let hi = nibble(chars[i]), let lo = nibble(chars[i + 1]) else { return nil }
+            out.append(hi << 4 | lo)
+            i += 2
+        }
+        return out
+    }
+
+    /// SHA-256 of `bytes` as upper-case hex (64 characters).
+    public static func sha256<B: DataProtocol>(_ bytes: B) -> String {
+        upper(SHA256.hash(data: bytes))
+    }
+
+    private static let digits: [Character] = Array("0123456789ABCDEF")
+
+    private static func nibble(_ c: UInt8) -> UInt8? {
+        switch c {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): c - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): c - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): c - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+}
+
+import Foundation

@@ -1,0 +1,90 @@
+import Crypto
+import Foundation
+import SwiftASN1
+import X509
+
+/// A CA as the issuance core sees it: its certificate, what is above it, and the identifiers derived from it.
+public struct IssuingCA: Sendable {
+    /// The name of the CA in `station.toml` (`[cas.NAME]`).
+    public var name: String
+    public var certificate: Certificate
+    /// The certificates above the issuing CA, nearest first (the root last); may be empty.
+    public var chain: [Certificate]
+    /// The DER of `certificate`.
+    public var der: [UInt8]
+    /// The CA's Subject Key Identifier, which every leaf's AKI repeats.
+    public var subjectKeyIdentifier: [UInt8]
+    /// SHA-256 of the CA certificate's DER, upper-case hex.
+    public var fingerprint: String
+
+    /// Wraps a CA certificate; throws ``KeylineError/Code/configuration`` when it lacks a SKI.
+    public init(name: String, certificate: Certificate, chain: [Certificate] = []) throws {
+        self.name = name
+        self.certificate = certificate
+        self.chain = chain
+        var serializer = DER.Serializer()
+        try serializer.serialize(certificate)
+        self.der = serializer.serializedBytes
+        self.fingerprint = Hex.sha256(der)
+        guard let ski = try certificate.extensions.subjectKeyIdentifier else {
+            throw KeylineError(.configuration, "CA '\(name)' certificate has no Subject Key Identifier")
+        }
+        self.subjectKeyIdentifier = Array(ski.keyIdentifier)
+    }
+
+    /// Checks the certificate is fit to be an issuing CA: CA:TRUE, keyCertSign, a SKI. Returns a verdict naming
+    /// what is missing.
+    public static func checkIsCA(_ certificate: Certificate) -> PolicyVerdict {
+        guard let bc = try? certificate.extensions.basicConstraints, case .isCertificateAuthority = bc else {
+            return .refuse(rule: "ca-certificate", reason: "basicConstraints CA:TRUE is missing")
+        }
+        guard let ku = try? certificate.extensions.keyUsage, ku.keyCertSign else {
+            return .refuse(rule: "ca-certificate", reason: "keyUsage keyCertSign is missing")
+        }
+        guard (try? certificate.extensions.subjectKeyIdentifier) != nil else {
+            return .refuse(rule: "ca-certificate", reason: "subjectKeyIdentifier is missing")
+        }
+        return .accept
+    }
+
+    /// Checks the CA is inside its validity at `now`.
+    public func checkValidity(at now: Date) -> PolicyVerdict {
+        if now < certificate.notValidBefore {
+            return .refuse(rule: "ca-validity", reason: "CA '\(name)' is not valid before \(Timestamp.iso(certificate.notValidBefore))")
+        }
+        if now > certificate.notValidAfter {
+            return .refuse(rule: "ca-validity", reason: "CA '\(name)' expired on \(Timestamp.iso(certificate.notValidAfter))")
+        }
+        return .accept
+    }
+
+    /// Whole days from `now` until the CA's notAfter (negative once expired).
+    public func daysLeft(at now: Date) -> Int {
+        Int((certificate.notValidAfter.timeIntervalSince(now) / 86400).rounded(.down))
+    }
+}
+
+/// Time formatting shared by the ledger and the CLI: ISO 8601, UTC, whole seconds.
+public enum Timestamp {
+    public static func iso(_ date: Date) -> String {
+        date.formatted(.iso8601.year().month().day().dateSeparator(.dash).time(includingFractionalSeconds: false).timeSeparator(.colon).timeZone(separator: .omitted))
+    }
+
+    /// ISO 8601 with milliseconds, for event and record timestamps.
+    public static func isoMillis(_ date: Date) -> String {
+        date.formatted(.iso8601.year().month().day().dateSeparator(.dash).time(includingFractionalSeconds: true).timeSeparator(.colon).timeZone(separator: .omitted))
+    }
+
+    /// Unix time in whole milliseconds, as the ledger stores timestamps.
+    public static func millis(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded()) }
+    /// Unix time in whole seconds, as the ledger stores a certificate's validity.
+    public static func seconds(_ date: Date) -> Int64 { Int64(date.timeIntervalSince1970.rounded(.down)) }
+    /// The date of a millisecond timestamp.
+    public static func fromMillis(_ ms: Int64) -> Date { Date(timeIntervalSince1970: Double(ms) / 1000) }
+
+    /// Parses what ``iso(_:)`` or ``isoMillis(_:)`` wrote.
+    public static func parse(_ text: String) -> Date? {
+        if let d = try? Date(text, strategy: .iso8601) { return d }
+        return try? Date(text, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true))
+    }
+}

@@ -1,0 +1,139 @@
+import Foundation
+import KeylineCore
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Refuses secret files (CA keys, passphrase files) that others could read or swap.
+///
+/// A secret file must be a regular file (not a symlink), readable by its owner only, owned by the current user or
+/// root, and sit in a directory that neither group nor others can write. Each refusal is one line naming the path
+/// and the fix, with ``KeylineError/Code/keyGuard`` (exit 77).
+public enum FileGuard {
+    /// Checks `path` as a secret file; `what` names it in the message ("CA key", "passphrase file").
+    public static func checkSecretFile(_ path: String, what: String) throws {
+        var st = stat()
+        guard lstat(path, &st) == 0 else {
+            let err = errno
+            if err == ENOENT { throw KeylineError(.keyGuard, "\(what) \(path) does not exist") }
+            throw KeylineError(.keyGuard, "\(what) \(path) cannot be examined: \(String(cString: strerror(err)))")
+        }
+        let type = st.st_mode & S_IFMT
+        if type == S_IFLNK {
+            throw KeylineError(.keyGuard, "\(what) \(path) is a symlink; refusing it (replace the link with the file itself)")
+        }
+        guard type == S_IFREG else {
+            throw KeylineError(.keyGuard, "\(what) \(path) is not a regular file")
+        }
+        let perms = st.st_mode & 0o777
+        if perms & 0o077 != 0 {
+            throw KeylineError(
+                .keyGuard,
+                "\(what) \(path) is readable or writable by group or others (mode \(String(perms, radix: 8))); fix: chmod 600 \(path)")
+        }
+        let me = geteuid()
+        if st.st_uid != me && st.st_uid != 0 {
+            throw KeylineError(
+                .keyGuard, "\(what) \(path) is owned by uid \(st.st_uid), not by this user (uid \(me)) or root; fix: chown it to the station's user")
+        }
+        let dir = (path as NSString).deletingLastPathComponent
+        let dirPath = dir.isEmpty ? "." : dir
+        var dst = stat()
+        guard stat(dirPath, &dst) == 0 else {
+            throw KeylineError(.keyGuard, "directory \(dirPath) of \(what) \(path) cannot be examined")
+        }
+        if dst.st_mode & 0o022 != 0 {
+            throw KeylineError(
+                .keyGuard,
+                "\(what) \(path) lies in directory \(dirPath) that group or others can write (mode \(String(dst.st_mode & 0o777, radix: 8))); fix: chmod go-w \(dirPath)")
+        }
+    }
+
+    /// Reads a secret file after ``checkSecretFile(_:what:)`` accepted it.
+    public static func readSecretFile(_ path: String, what: String) throws -> [UInt8] {
+        try checkSecretFile(path, what: what)
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw KeylineError(.ioError, "\(what) \(path) cannot be read")
+        }
+        return Array(data)
+    }
+}
+
+/// Writes files so that a crash never leaves half a file under the final name, and secrets are never created
+/// readable by others, not even for an instant.
+public enum SafeFile {
+    /// Writes `bytes` to `path` via a temporary file in the same directory, fsync'd, then renamed into place.
+    ///
+    /// `mode` applies from creation (0600 for keys). `exclusive` refuses to replace an existing file.
+    /// With `durable: false` the fsync is left to a later ``syncFileSystem(of:)`` covering many files at once.
+    public static func write(_ bytes: [UInt8], to path: String, mode: mode_t = 0o644, exclusive: Bool = false, durable: Bool = true) throws {
+        if exclusive && FileManager.default.fileExists(atPath: path) {
+            throw KeylineError(.ioError, "\(path) already exists; refusing to overwrite it")
+        }
+        let tmp = path + ".tmp-\(getpid())"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
+        guard fd >= 0 else { throw ioError("cannot create \(tmp)") }
+        var ok = false
+        defer {
+            if !ok { unlink(tmp) }
+        }
+        _ = fchmod(fd, mode)
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes[offset...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                let e = ioError("cannot write \(path)")
+                close(fd)
+                throw e
+            }
+            offset += n
+        }
+        if durable && fsync(fd) != 0 {
+            let e = ioError("cannot flush \(path) to disk")
+            close(fd)
+            throw e
+        }
+        close(fd)
+        guard rename(tmp, path) == 0 else { throw ioError("cannot move \(tmp) to \(path)") }
+        ok = true
+        if durable { syncDirectory(of: path) }
+    }
+
+    /// Flushes every file of the file system holding `directory` (one call for a whole chunk of files).
+    public static func syncFileSystem(of directory: String) throws {
+        let fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw ioError("cannot open \(directory)") }
+        defer { close(fd) }
+        guard keyline_syncfs(fd) == 0 else { throw ioError("cannot flush \(directory) to disk") }
+    }
+
+    /// Writes text; see ``write(_:to:mode:exclusive:)``.
+    public static func write(_ text: String, to path: String, mode: mode_t = 0o644, exclusive: Bool = false, durable: Bool = true) throws {
+        try write(Array(text.utf8), to: path, mode: mode, exclusive: exclusive, durable: durable)
+    }
+
+    /// fsyncs the directory holding `path`, so a rename survives power loss.
+    public static func syncDirectory(of path: String) {
+        let dir = (path as NSString).deletingLastPathComponent
+        let fd = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if fd >= 0 {
+            _ = fsync(fd)
+            close(fd)
+        }
+    }
+
+    static func ioError(_ what: String) -> KeylineError {
+        let err = errno
+        if err == ENOSPC { return KeylineError(.ioError, "\(what): disk full") }
+        if err == EACCES || err == EPERM { return KeylineError(.ioError, "\(what): permission denied") }
+        return KeylineError(.ioError, "\(what): \(String(cString: strerror(err)))")
+    }
+}
+
+/// glibc's syncfs(2), declared here because Glibc exports it only under _GNU_SOURCE.
+@_silgen_name("syncfs")
+private func keyline_syncfs(_ fd: Int32) -> Int32

@@ -1,0 +1,150 @@
+import Foundation
+import KeylineCore
+import Synchronization
+
+/// A ledger held in memory: for tests and dry runs. Same contract as the durable ledgers, nothing survives the
+/// process.
+public final class InMemoryLedger: Ledger {
+    public let stationID: String
+
+    struct State {
+        var records: [LedgerRecord] = []
+        var events: [LedgerEvent] = []
+        var byCN: [String: Int] = [:]
+        var byKey: Set<String> = []
+        var bySerial: Set<String> = []
+        var byFingerprint: Set<String> = []
+    }
+
+    private let state = Mutex(State())
+
+    public init(stationID: String) {
+        self.stationID = stationID
+    }
+
+    private static func appendEvent(_ s: inout State, _ content: EventContent) -> LedgerEvent {
+        let seq = Int64(s.events.count + 1)
+        let prev = s.events.last?.hash ?? LedgerRecord.genesisHash
+        let event = LedgerEvent(seq: seq, content: content, prevHash: prev, hash: ChainHash.event(seq: seq, prevHash: prev, content: content))
+        s.events.append(event)
+        return event
+    }
+
+    private static func refusal(_ s: State, _ r: Reservation) -> KeylineError? {
+        if s.byCN[r.cn] != nil { return .refused("unique-cn", "CN '\(r.cn)' was already issued") }
+        if s.byKey.contains(r.publicKeySHA256) {
+            return .refused("unique-public-key", "public key \(r.publicKeySHA256.prefix(16))… already belongs to another certificate")
+        }
+        return nil
+    }
+
+
+    public func issue(_ reservation: Reservation, sign: (Reservation) throws -> RecordContent) async throws -> LedgerRecord {
+        try await issueBatch([reservation], sign: sign)[0]
+    }
+
+    public func issueBatch(_ reservations: [Reservation], sign: (Reservation) throws -> RecordContent) async throws -> [LedgerRecord] {
+        let outcome: Result<[LedgerRecord], KeylineError> = try state.withLock { s in
+            var work = s
+            var out: [LedgerRecord] = []
+            for r in reservations {
+                if let error = Self.refusal(work, r) {
+                    _ = Self.appendEvent(
+                        &s, EventContent(kind: .refused, recordSeq: nil, cn: r.cn, detail: error.reason, stationID: stationID, operatorName: r.operatorName, at: Date()))
+                    return .failure(error)
+                }
+                let content = try sign(r)
+                guard content.cn == r.cn, content.publicKeySHA256 == r.publicKeySHA256 else {
+                    throw KeylineError(.internalError, "signed content does not match its reservation")
+                }
+                if work.bySerial.contains(content.serialHex) || work.byFingerprint.contains(content.certificateFingerprint) {
+                    throw KeylineError(.internalError, "serial or fingerprint collision for CN '\(r.cn)'")
+                }
+                let seq = Int64(work.records.count + 1)
+                let prev = work.records.last?.hash ?? LedgerRecord.genesisHash
+                let record = LedgerRecord(
+                    seq: seq, content: content, state: .issued, updatedAt: content.createdAt, prevHash: prev,
+                    hash: ChainHash.record(seq: seq, prevHash: prev, content: content))
+                work.records.append(record)
+                work.byCN[r.cn] = Int(seq - 1)
+                work.byKey.insert(r.publicKeySHA256)
+                work.bySerial.insert(content.serialHex)
+                work.byFingerprint.insert(content.certificateFingerprint)
+                _ = Self.appendEvent(
+                    &work,
+                    EventContent(kind: .issued, recordSeq: seq, cn: r.cn, detail: "serial \(content.serialHex)", stationID: content.stationID, operatorName: content.operatorName, at: content.createdAt))
+                out.append(record)
+            }
+            s = work
+            return .success(out)
+        }
+        switch outcome {
+        case .success(let records): return records
+        case .failure(let error): throw error
+        }
+    }
+
+    @discardableResult
+    public func appendEvent(_ content: EventContent) async throws -> LedgerEvent {
+        state.withLock { s in Self.appendEvent(&s, content) }
+    }
+
+    public func transition(recordSeq: Int64, to newState: RecordState, event: EventContent) async throws {
+        try state.withLock { s in
+            guard recordSeq >= 1, recordSeq <= s.records.count else {
+                throw KeylineError(.dataError, "no record with seq \(recordSeq)")
+            }
+            s.records[Int(recordSeq - 1)].state = newState
+            s.records[Int(recordSeq - 1)].updatedAt = event.at
+            _ = Self.appendEvent(&s, event)
+        }
+    }
+
+    public func record(cn: String) async throws -> LedgerRecord? {
+        state.withLock { s in s.byCN[cn].map { s.records[$0] } }
+    }
+
+    public func record(seq: Int64) async throws -> LedgerRecord? {
+        state.withLock { s in seq >= 1 && seq <= s.records.count ? s.records[Int(seq - 1)] : nil }
+    }
+
+    public func records(_ q: RecordQuery) async throws -> [LedgerRecord] {
+        state.withLock { s in
+            var out = s.records.filter { r in
+                (q.afterSeq.map { r.seq > $0 } ?? true) && (q.state.map { r.state == $0 } ?? true)
+                    && (q.profile.map { r.content.profile == $0 } ?? true) && (q.cnPrefix.map { r.content.cn.hasPrefix($0) } ?? true)
+            }
+            if let limit = q.limit { out = Array(out.prefix(limit)) }
+            return out
+        }
+    }
+
+    public func events(recordSeq: Int64?, limit: Int?) async throws -> [LedgerEvent] {
+        state.withLock { s in
+            let all = recordSeq.map { seq in s.events.filter { $0.content.recordSeq == seq } } ?? s.events
+            return limit.map { Array(all.prefix($0)) } ?? all
+        }
+    }
+
+    public func count() async throws -> Int { state.withLock { $0.records.count } }
+
+    public func verify() async throws -> VerificationReport {
+        state.withLock { s in
+            var verifier = ChainVerifier()
+            var kinds: [Int64: [EventKind]] = [:]
+            for e in s.events {
+                if let seq = e.content.recordSeq, [.issued, .delivered, .failed, .revoked].contains(e.content.kind) {
+                    kinds[seq, default: []].append(e.content.kind)
+                }
+            }
+            for r in s.records { verifier.add(record: r, stateEvents: kinds[r.seq] ?? []) }
+            for e in s.events { verifier.add(event: e) }
+            return verifier.report
+        }
+    }
+
+    /// Test hook: replaces a stored record as an attacker with direct access would.
+    public func tamper(_ body: (inout [LedgerRecord]) -> Void) {
+        state.withLock { s in body(&s.records) }
+    }
+}

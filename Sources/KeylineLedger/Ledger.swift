@@ -1,0 +1,114 @@
+import Foundation
+import KeylineCore
+
+/// What the ledger checks and holds before anything is signed: the CN and the public key must be new.
+public struct Reservation: Sendable, Equatable {
+    public var cn: String
+    /// SHA-256 of the SubjectPublicKeyInfo DER, upper-case hex.
+    public var publicKeySHA256: String
+    /// Who asked, for the refusal event a uniqueness refusal leaves.
+    public var operatorName: String
+
+    public init(cn: String, publicKeySHA256: String, operatorName: String = "") {
+        self.cn = cn
+        self.publicKeySHA256 = publicKeySHA256
+        self.operatorName = operatorName
+    }
+}
+
+/// Filters for listing records.
+public struct RecordQuery: Sendable {
+    public var afterSeq: Int64?
+    public var limit: Int?
+    public var state: RecordState?
+    public var profile: String?
+    public var cnPrefix: String?
+
+    public init(afterSeq: Int64? = nil, limit: Int? = nil, state: RecordState? = nil, profile: String? = nil, cnPrefix: String? = nil) {
+        self.afterSeq = afterSeq
+        self.limit = limit
+        self.state = state
+        self.profile = profile
+        self.cnPrefix = cnPrefix
+    }
+}
+
+/// The outcome of `ledger verify`.
+public struct VerificationReport: Sendable, Equatable {
+    /// How many records and events were read.
+    public var recordsChecked: Int
+    public var eventsChecked: Int
+    /// The first record sequence number found wrong (edited, missing, inserted, reordered), if any.
+    public var firstBadRecordSeq: Int64?
+    /// The first event sequence number found wrong, if any.
+    public var firstBadEventSeq: Int64?
+    /// One line per problem, first problem first (at most a bounded number are kept).
+    public var problems: [String]
+    /// The hash of the last record (the chain head), genesis when empty.
+    public var headHash: String
+    public var headSeq: Int64
+
+    public var isIntact: Bool { problems.isEmpty }
+
+    public init() {
+        recordsChecked = 0
+        eventsChecked = 0
+        problems = []
+        headHash = LedgerRecord.genesisHash
+        headSeq = 0
+    }
+}
+
+/// The ledger seam: every issued certificate, hash-chained, and an append-only trail of events.
+///
+/// Implementations: ``InMemoryLedger`` (tests, dry runs) and ``SQLiteLedger``; each passes the same contract tests.
+/// The one rule every implementation keeps: ``issue(_:sign:)`` checks uniqueness, calls `sign` and commits the
+/// record durably, in that order, inside one transaction; if it returns, the record is on disk, and if it throws,
+/// nothing of the record is.
+public protocol Ledger: Sendable {
+    /// The station this ledger writes for (records and events carry it).
+    var stationID: String { get }
+
+    /// Reserve → sign → commit, atomically. `sign` runs only after the CN and public key were found unused and
+    /// returns the record's content; a uniqueness refusal throws a policy refusal naming `unique-cn` or
+    /// `unique-public-key`, and records a `refused` event.
+    func issue(_ reservation: Reservation, sign: (Reservation) throws -> RecordContent) async throws -> LedgerRecord
+
+    /// The same for many requests in one transaction: all are committed, or none.
+    func issueBatch(_ reservations: [Reservation], sign: (Reservation) throws -> RecordContent) async throws -> [LedgerRecord]
+
+    /// Appends an event to the audit trail.
+    @discardableResult
+    func appendEvent(_ content: EventContent) async throws -> LedgerEvent
+
+    /// Changes a record's state and appends the event that says why, in one transaction.
+    func transition(recordSeq: Int64, to state: RecordState, event: EventContent) async throws
+
+    /// The record for `cn`, if one was issued.
+    func record(cn: String) async throws -> LedgerRecord?
+
+    /// The record with sequence number `seq`.
+    func record(seq: Int64) async throws -> LedgerRecord?
+
+    /// Records in sequence order, filtered.
+    func records(_ query: RecordQuery) async throws -> [LedgerRecord]
+
+    /// Events about one record, in order; all events when `recordSeq` is nil (bounded by `limit`).
+    func events(recordSeq: Int64?, limit: Int?) async throws -> [LedgerEvent]
+
+    /// How many records there are.
+    func count() async throws -> Int
+
+    /// Walks both hash chains and the record states and reports the first bad sequence numbers.
+    func verify() async throws -> VerificationReport
+}
+
+extension Ledger {
+    /// Records a refusal as an audit event (the only trace a refused request leaves).
+    @discardableResult
+    public func recordRefusal(cn: String?, reason: String, operatorName: String, at: Date) async throws -> LedgerEvent {
+        try await appendEvent(
+            EventContent(kind: .refused, recordSeq: nil, cn: cn, detail: reason, stationID: stationID, operatorName: operatorName, at: at)
+        )
+    }
+}

@@ -1,0 +1,377 @@
+import Foundation
+import GRDB
+import KeylineCore
+
+/// The embedded ledger: one SQLite file through GRDB, WAL journal, `synchronous=FULL`, versioned migrations,
+/// triggers that refuse to delete or rewrite history.
+///
+/// Every lookup on the issuance path is an index probe (CN, public key, the chain head), so issuing one
+/// certificate costs the same with ten records or a million.
+public final class SQLiteLedger: Ledger {
+    public let stationID: String
+    public let path: String
+    private let dbQueue: DatabaseQueue
+
+    /// Opens (or with `create`, creates) the ledger at `path` and runs pending migrations.
+    ///
+    /// Throws ``KeylineError/Code/unavailable`` when the file is missing and `create` is false, or cannot be opened.
+    public init(path: String, stationID: String, create: Bool = false) throws {
+        self.stationID = stationID
+        self.path = path
+        if !create && !FileManager.default.fileExists(atPath: path) {
+            throw KeylineError(.unavailable, "ledger not found at \(path) (run 'keyline init' or fix 'ledger' in station.toml)")
+        }
+        var config = Configuration()
+        config.journalMode = .wal
+        config.busyMode = .timeout(5)
+        config.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = FULL")
+        }
+        do {
+            dbQueue = try DatabaseQueue(path: path, configuration: config)
+            try Self.migrator.migrate(dbQueue)
+        } catch let error as DatabaseError {
+            throw Self.map(error, context: "opening the ledger at \(path)")
+        }
+    }
+
+    /// The schema, one migration per version. Never edit a shipped migration; add the next one.
+    static var migrator: DatabaseMigrator {
+        var m = DatabaseMigrator()
+        m.registerMigration("v1") { db in
+            try db.execute(sql: """
+                CREATE TABLE records (
+                    seq INTEGER PRIMARY KEY,
+                    cn TEXT NOT NULL,
+                    serial_hex TEXT NOT NULL,
+                    cert_sha256 TEXT NOT NULL,
+                    pubkey_sha256 TEXT NOT NULL,
+                    ca_sha256 TEXT NOT NULL,
+                    ca_name TEXT NOT NULL,
+                    profile TEXT NOT NULL,
+                    station_id TEXT NOT NULL,
+                    operator TEXT NOT NULL,
+                    key_origin TEXT NOT NULL CHECK (key_origin IN ('device', 'station')),
+                    hardware_id TEXT,
+                    work_order TEXT,
+                    not_before INTEGER NOT NULL,
+                    not_after INTEGER NOT NULL,
+                    cert_der BLOB NOT NULL,
+                    state TEXT NOT NULL CHECK (state IN ('issued', 'delivered', 'failed', 'revoked')),
+                    created_at INTEGER NOT NULL,
+                    updated_at INTEGER NOT NULL,
+                    prev_hash TEXT NOT NULL,
+                    hash TEXT NOT NULL
+                );
+                CREATE UNIQUE INDEX records_cn ON records(cn);
+                CREATE UNIQUE INDEX records_serial ON records(serial_hex);
+                CREATE UNIQUE INDEX records_cert ON records(cert_sha256);
+                CREATE UNIQUE INDEX records_pubkey ON records(pubkey_sha256);
+                CREATE INDEX records_profile ON records(profile, seq);
+                CREATE TABLE events (
+                    seq INTEGER PRIMARY KEY,
+                    kind TEXT NOT NULL,
+                    record_seq INTEGER REFERENCES records(seq),
+                    cn TEXT,
+                    detail TEXT NOT NULL,
+                    station_id TEXT NOT NULL,
+                    operator TEXT NOT NULL,
+                    at INTEGER NOT NULL,
+                    prev_hash TEXT NOT NULL,
+                    hash TEXT NOT NULL
+                );
+                CREATE INDEX events_record ON events(record_seq, seq);
+                CREATE TRIGGER records_no_delete BEFORE DELETE ON records
+                BEGIN SELECT RAISE(ABORT, 'keyline ledger: records are append-only'); END;
+                CREATE TRIGGER records_no_rewrite BEFORE UPDATE ON records
+                WHEN NEW.seq IS NOT OLD.seq OR NEW.cn IS NOT OLD.cn OR NEW.serial_hex IS NOT OLD.serial_hex
+                  OR NEW.cert_sha256 IS NOT OLD.cert_sha256 OR NEW.pubkey_sha256 IS NOT OLD.pubkey_sha256
+                  OR NEW.ca_sha256 IS NOT OLD.ca_sha256 OR NEW.ca_name IS NOT OLD.ca_name OR NEW.profile IS NOT OLD.profile
+                  OR NEW.station_id IS NOT OLD.station_id OR NEW.operator IS NOT OLD.operator
+                  OR NEW.key_origin IS NOT OLD.key_origin OR NEW.hardware_id IS NOT OLD.hardware_id
+                  OR NEW.work_order IS NOT OLD.work_order OR NEW.not_before IS NOT OLD.not_before
+                  OR NEW.not_after IS NOT OLD.not_after OR NEW.cert_der IS NOT OLD.cert_der
+                  OR NEW.created_at IS NOT OLD.created_at OR NEW.prev_hash IS NOT OLD.prev_hash OR NEW.hash IS NOT OLD.hash
+                BEGIN SELECT RAISE(ABORT, 'keyline ledger: only a record''s state may change'); END;
+                CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+                BEGIN SELECT RAISE(ABORT, 'keyline ledger: events are append-only'); END;
+                CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+                BEGIN SELECT RAISE(ABORT, 'keyline ledger: events are append-only'); END;
+                """)
+        }
+        return m
+    }
+
+    // MARK: - Ledger
+
+    public func issue(_ reservation: Reservation, sign: (Reservation) throws -> RecordContent) async throws -> LedgerRecord {
+        try issueSync([reservation], sign: sign)[0]
+    }
+
+    public func issueBatch(_ reservations: [Reservation], sign: (Reservation) throws -> RecordContent) async throws -> [LedgerRecord] {
+        try issueSync(reservations, sign: sign)
+    }
+
+    private func issueSync(_ reservations: [Reservation], sign: (Reservation) throws -> RecordContent) throws -> [LedgerRecord] {
+        var refusal: (reservation: Reservation, error: KeylineError)?
+        var out: [LedgerRecord] = []
+        try guarded("committing to the ledger") {
+            try dbQueue.writeWithoutTransaction { db in
+                try db.inTransaction(.immediate) {
+                    out = []
+                    refusal = nil
+                    var head = try Self.head(db)
+                    for r in reservations {
+                        if let error = try Self.refusal(db, r) {
+                            refusal = (r, error)
+                            break
+                        }
+                        let content = try sign(r)
+                        guard content.cn == r.cn, content.publicKeySHA256 == r.publicKeySHA256 else {
+                            throw KeylineError(.internalError, "signed content does not match its reservation")
+                        }
+                        let seq = head.seq + 1
+                        let record = LedgerRecord(
+                            seq: seq, content: content, state: .issued, updatedAt: content.createdAt, prevHash: head.hash,
+                            hash: ChainHash.record(seq: seq, prevHash: head.hash, content: content))
+                        try Self.insert(db, record)
+                        try Self.insertEvent(
+                            db,
+                            EventContent(
+                                kind: .issued, recordSeq: seq, cn: r.cn, detail: "serial \(content.serialHex)",
+                                stationID: content.stationID, operatorName: content.operatorName, at: content.createdAt))
+                        head = (seq, record.hash)
+                        out.append(record)
+                    }
+                    if refusal != nil {
+                        // Roll back whatever this batch inserted; only the refusal's audit event stays.
+                        return .rollback
+                    }
+                    return .commit
+                }
+                if let (r, error) = refusal {
+                    try db.inTransaction(.immediate) {
+                        try Self.insertEvent(
+                            db,
+                            EventContent(
+                                kind: .refused, recordSeq: nil, cn: r.cn, detail: error.reason, stationID: stationID,
+                                operatorName: r.operatorName, at: Date()))
+                        return .commit
+                    }
+                }
+            }
+        }
+        if let refusal { throw refusal.error }
+        return out
+    }
+
+    @discardableResult
+    public func appendEvent(_ content: EventContent) async throws -> LedgerEvent {
+        try guarded("appending an event") {
+            try dbQueue.writeWithoutTransaction { db in
+                var event: LedgerEvent?
+                try db.inTransaction(.immediate) {
+                    event = try Self.insertEvent(db, content)
+                    return .commit
+                }
+                return event!
+            }
+        }
+    }
+
+    public func transition(recordSeq: Int64, to state: RecordState, event: EventContent) async throws {
+        try guarded("changing a record's state") {
+            try dbQueue.writeWithoutTransaction { db in
+                try db.inTransaction(.immediate) {
+                    try db.execute(
+                        sql: "UPDATE records SET state = ?, updated_at = ? WHERE seq = ?",
+                        arguments: [state.rawValue, Timestamp.millis(event.at), recordSeq])
+                    guard db.changesCount == 1 else { throw KeylineError(.dataError, "no record with seq \(recordSeq)") }
+                    try Self.insertEvent(db, event)
+                    return .commit
+                }
+            }
+        }
+    }
+
+    public func record(cn: String) async throws -> LedgerRecord? {
+        try guarded("reading the ledger") {
+            try dbQueue.read { db in try Row.fetchOne(db, sql: "SELECT * FROM records WHERE cn = ?", arguments: [cn]).map(Self.record) }
+        }
+    }
+
+    public func record(seq: Int64) async throws -> LedgerRecord? {
+        try guarded("reading the ledger") {
+            try dbQueue.read { db in try Row.fetchOne(db, sql: "SELECT * FROM records WHERE seq = ?", arguments: [seq]).map(Self.record) }
+        }
+    }
+
+    public func records(_ q: RecordQuery) async throws -> [LedgerRecord] {
+        var clauses: [String] = []
+        var arguments: StatementArguments = []
+        if let after = q.afterSeq { clauses.append("seq > ?"); arguments += [after] }
+        if let state = q.state { clauses.append("state = ?"); arguments += [state.rawValue] }
+        if let profile = q.profile { clauses.append("profile = ?"); arguments += [profile] }
+        if let prefix = q.cnPrefix {
+            clauses.append("substr(cn, 1, ?) = ?")
+            arguments += [prefix.count, prefix]
+        }
+        var sql = "SELECT * FROM records"
+        if !clauses.isEmpty { sql += " WHERE " + clauses.joined(separator: " AND ") }
+        sql += " ORDER BY seq"
+        if let limit = q.limit { sql += " LIMIT \(limit)" }
+        return try guarded("reading the ledger") {
+            try dbQueue.read { db in try Row.fetchAll(db, sql: sql, arguments: arguments).map(Self.record) }
+        }
+    }
+
+    public func events(recordSeq: Int64?, limit: Int?) async throws -> [LedgerEvent] {
+        var sql = "SELECT * FROM events"
+        var args: StatementArguments = []
+        if let recordSeq {
+            sql += " WHERE record_seq = ?"
+            args = [recordSeq]
+        }
+        sql += " ORDER BY seq"
+        if let limit { sql += " LIMIT \(limit)" }
+        return try guarded("reading the ledger") {
+            try dbQueue.read { db in try Row.fetchAll(db, sql: sql, arguments: args).map(Self.event) }
+        }
+    }
+
+    public func count() async throws -> Int {
+        try guarded("reading the ledger") { try dbQueue.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM records") ?? 0 } }
+    }
+
+    public func verify() async throws -> VerificationReport {
+        try guarded("verifying the ledger") {
+            try dbQueue.read { db in
+                var verifier = ChainVerifier()
+                // Records with their state-changing events, merged from two ordered cursors: memory stays flat.
+                let records = try Row.fetchCursor(db, sql: "SELECT * FROM records ORDER BY seq")
+                let stateEvents = try Row.fetchCursor(
+                    db,
+                    sql: """
+                        SELECT record_seq, kind FROM events
+                        WHERE record_seq IS NOT NULL AND kind IN ('issued', 'delivered', 'failed', 'revoked')
+                        ORDER BY record_seq, seq
+                        """)
+                var pending: (Int64, EventKind)? = try stateEvents.next().map { ($0[0], EventKind(rawValue: $0[1]) ?? .issued) }
+                while let row = try records.next() {
+                    let record = Self.record(row)
+                    var kinds: [EventKind] = []
+                    while let (seq, kind) = pending, seq <= record.seq {
+                        if seq == record.seq { kinds.append(kind) }
+                        pending = try stateEvents.next().map { ($0[0], EventKind(rawValue: $0[1]) ?? .issued) }
+                    }
+                    verifier.add(record: record, stateEvents: kinds)
+                }
+                let events = try Row.fetchCursor(db, sql: "SELECT * FROM events ORDER BY seq")
+                while let row = try events.next() { verifier.add(event: Self.event(row)) }
+                return verifier.report
+            }
+        }
+    }
+
+    // MARK: - SQL helpers
+
+    private static func head(_ db: Database) throws -> (seq: Int64, hash: String) {
+        if let row = try Row.fetchOne(db, sql: "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1") {
+            return (row[0], row[1])
+        }
+        return (0, LedgerRecord.genesisHash)
+    }
+
+    private static func refusal(_ db: Database, _ r: Reservation) throws -> KeylineError? {
+        if try Bool.fetchOne(db, sql: "SELECT 1 FROM records WHERE cn = ?", arguments: [r.cn]) != nil {
+            return .refused("unique-cn", "CN '\(r.cn)' was already issued")
+        }
+        if try Bool.fetchOne(db, sql: "SELECT 1 FROM records WHERE pubkey_sha256 = ?", arguments: [r.publicKeySHA256]) != nil {
+            return .refused("unique-public-key", "public key \(r.publicKeySHA256.prefix(16))… already belongs to another certificate")
+        }
+        return nil
+    }
+
+    private static func insert(_ db: Database, _ r: LedgerRecord) throws {
+        let c = r.content
+        try db.execute(
+            sql: """
+                INSERT INTO records (seq, cn, serial_hex, cert_sha256, pubkey_sha256, ca_sha256, ca_name, profile, station_id,
+                  operator, key_origin, hardware_id, work_order, not_before, not_after, cert_der, state, created_at, updated_at,
+                  prev_hash, hash)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+            arguments: [
+                r.seq, c.cn, c.serialHex, c.certificateFingerprint, c.publicKeySHA256, c.caFingerprint, c.caName, c.profile,
+                c.stationID, c.operatorName, c.keyOrigin.rawValue, c.hardwareID, c.workOrder, Timestamp.seconds(c.notBefore),
+                Timestamp.seconds(c.notAfter), Data(c.certificateDER), r.state.rawValue, Timestamp.millis(c.createdAt),
+                Timestamp.millis(r.updatedAt), r.prevHash, r.hash,
+            ])
+    }
+
+    @discardableResult
+    private static func insertEvent(_ db: Database, _ content: EventContent) throws -> LedgerEvent {
+        let head = try Row.fetchOne(db, sql: "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+        let seq: Int64 = (head?[0] ?? 0) + 1
+        let prev: String = head?[1] ?? LedgerRecord.genesisHash
+        let event = LedgerEvent(seq: seq, content: content, prevHash: prev, hash: ChainHash.event(seq: seq, prevHash: prev, content: content))
+        try db.execute(
+            sql: """
+                INSERT INTO events (seq, kind, record_seq, cn, detail, station_id, operator, at, prev_hash, hash)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+            arguments: [
+                seq, content.kind.rawValue, content.recordSeq, content.cn, content.detail, content.stationID,
+                content.operatorName, Timestamp.millis(content.at), prev, event.hash,
+            ])
+        return event
+    }
+
+    static func record(_ row: Row) -> LedgerRecord {
+        let der: Data = row["cert_der"] ?? Data()
+        let content = RecordContent(
+            cn: row["cn"], serialHex: row["serial_hex"], certificateFingerprint: row["cert_sha256"],
+            publicKeySHA256: row["pubkey_sha256"], caFingerprint: row["ca_sha256"], caName: row["ca_name"],
+            profile: row["profile"], stationID: row["station_id"], operatorName: row["operator"],
+            keyOrigin: KeyOrigin(rawValue: row["key_origin"] ?? "") ?? .device, hardwareID: row["hardware_id"],
+            workOrder: row["work_order"], notBefore: Date(timeIntervalSince1970: Double(row["not_before"] as Int64)),
+            notAfter: Date(timeIntervalSince1970: Double(row["not_after"] as Int64)), certificateDER: Array(der),
+            createdAt: Timestamp.fromMillis(row["created_at"]))
+        return LedgerRecord(
+            seq: row["seq"], content: content, state: RecordState(rawValue: row["state"] ?? "") ?? .failed,
+            updatedAt: Timestamp.fromMillis(row["updated_at"]), prevHash: row["prev_hash"], hash: row["hash"])
+    }
+
+    static func event(_ row: Row) -> LedgerEvent {
+        let content = EventContent(
+            kind: EventKind(rawValue: row["kind"] ?? "") ?? .refused, recordSeq: row["record_seq"], cn: row["cn"],
+            detail: row["detail"], stationID: row["station_id"], operatorName: row["operator"],
+            at: Timestamp.fromMillis(row["at"]))
+        return LedgerEvent(seq: row["seq"], content: content, prevHash: row["prev_hash"], hash: row["hash"])
+    }
+
+    // MARK: - Errors
+
+    private func guarded<T>(_ context: String, _ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch let error as DatabaseError {
+            throw Self.map(error, context: context)
+        }
+    }
+
+    /// Maps SQLite failures to Keyline's exit-status classes: locked/busy is temporary, a full disk or I/O error
+    /// is I/O, a file that cannot be opened is unavailable.
+    static func map(_ error: DatabaseError, context: String) -> KeylineError {
+        let what = "\(context): \(error.message ?? "\(error.resultCode)")"
+        switch error.resultCode {
+        case .SQLITE_BUSY, .SQLITE_LOCKED: return KeylineError(.temporaryFailure, "ledger is locked by another process, try again (\(what))")
+        case .SQLITE_FULL: return KeylineError(.ioError, "disk full (\(what))")
+        case .SQLITE_IOERR, .SQLITE_READONLY: return KeylineError(.ioError, what)
+        case .SQLITE_CANTOPEN, .SQLITE_NOTADB, .SQLITE_CORRUPT, .SQLITE_PERM, .SQLITE_AUTH:
+            return KeylineError(.unavailable, what)
+        case .SQLITE_CONSTRAINT: return KeylineError(.policyRefusal, "ledger constraint refused the write (\(what))", rule: "ledger-constraint")
+        default: return KeylineError(.internalError, what)
+        }
+    }
+}

@@ -1,0 +1,147 @@
+import Crypto
+import Foundation
+import KeylineCore
+import KeylineCustody
+import KeylineLedger
+import SwiftASN1
+import X509
+
+/// A certificate that was committed to the ledger and may now leave the station.
+public struct IssuedCertificate: Sendable {
+    public var record: LedgerRecord
+    public var certificate: Certificate
+    /// PEM of the leaf alone.
+    public var pem: String
+}
+
+/// The station's issuance service: policy, then reserve → sign → commit through the ledger. Nothing here writes a
+/// certificate anywhere; callers write only what this returned, which is already durable.
+public struct Issuer: Sendable {
+    public let station: Station
+    public let profile: Profile
+    public let policy: IssuancePolicy
+    public let loaded: LoadedCA
+    public let operatorName: String
+    /// The clock and the serial source, injectable for tests.
+    public var now: @Sendable () -> Date = { Date() }
+    public var randomBytes: @Sendable (Int) -> [UInt8] = { n in
+        var rng = SystemRandomNumberGenerator()
+        return (0..<n).map { _ in UInt8.random(in: .min ... .max, using: &rng) }
+    }
+
+    public init(station: Station, profile: Profile, loaded: LoadedCA, operatorName: String) throws {
+        self.station = station
+        self.profile = profile
+        self.policy = try IssuancePolicy(profile: profile)
+        self.loaded = loaded
+        self.operatorName = operatorName
+    }
+
+    /// Refuses `error` on the record: appends a `refused` event (the only trace a refusal leaves) and rethrows.
+    func refuse(_ error: KeylineError, cn: String?) async throws -> Never {
+        _ = try? await station.ledger.recordRefusal(cn: cn, reason: error.reason, operatorName: operatorName, at: now())
+        throw error
+    }
+
+    /// Signs one CSR (PEM or DER bytes). Refusals are recorded as events and thrown.
+    public func sign(csrBytes: [UInt8], hardwareID: String? = nil, workOrder: String? = nil) async throws -> IssuedCertificate {
+        let csr: CSRInput
+        do {
+            csr = try CSRInput(bytes: csrBytes)
+        } catch let error as KeylineError {
+            try await refuse(error, cn: nil)
+        }
+        let accepted: (cn: String, publicKey: Certificate.PublicKey)
+        switch policy.evaluate(csr) {
+        case .success(let value): accepted = value
+        case .failure(let error):
+            let cn = csr.parsed.flatMap { try? IssuancePolicy.commonName(of: $0.subject).get() }
+            try await refuse(error, cn: cn)
+        }
+        return try await issue(cn: accepted.cn, publicKey: accepted.publicKey, origin: .device, hardwareID: hardwareID, workOrder: workOrder)
+    }
+
+    /// Checks a station-chosen CN against the profile; refusals are recorded and thrown.
+    public func checkCN(_ cn: String) async throws {
+        if case .refuse(let rule, let reason) = policy.cnRule.check(cn) {
+            try await refuse(.refused(rule, reason), cn: cn)
+        }
+    }
+
+    /// Reserve → sign → commit one certificate for a public key that passed the policy.
+    public func issue(
+        cn: String, publicKey: Certificate.PublicKey, origin: KeyOrigin, hardwareID: String? = nil, workOrder: String? = nil
+    ) async throws -> IssuedCertificate {
+        let reservation = Reservation(cn: cn, publicKeySHA256: CertificateFactory.publicKeyFingerprint(publicKey), operatorName: operatorName)
+        let at = now()
+        let validity: (notBefore: Date, notAfter: Date)
+        switch CertificateFactory.leafValidity(
+            now: at, validityDays: profile.validityDays, minValidityDays: profile.minValidityDays, ca: loaded.ca.certificate)
+        {
+        case .success(let v): validity = v
+        case .failure(let error): try await refuse(error, cn: cn)
+        }
+        var built: Certificate?
+        let record = try await station.ledger.issue(reservation) { r in
+            let (content, cert) = try makeContent(r, publicKey: publicKey, origin: origin, hardwareID: hardwareID, workOrder: workOrder, at: at, validity: validity)
+            built = cert
+            return content
+        }
+        guard let built else { throw KeylineError(.internalError, "ledger committed without signing") }
+        return IssuedCertificate(record: record, certificate: built, pem: try built.serializeAsPEM().pemString)
+    }
+
+    /// Reserve → sign → commit many certificates in one transaction (all or none).
+    public func issueBatch(
+        _ items: [(cn: String, publicKey: Certificate.PublicKey)], origin: KeyOrigin, workOrder: String? = nil
+    ) async throws -> [IssuedCertificate] {
+        let at = now()
+        let validity: (notBefore: Date, notAfter: Date)
+        switch CertificateFactory.leafValidity(
+            now: at, validityDays: profile.validityDays, minValidityDays: profile.minValidityDays, ca: loaded.ca.certificate)
+        {
+        case .success(let v): validity = v
+        case .failure(let error): try await refuse(error, cn: items.first?.cn)
+        }
+        var keys: [String: Certificate.PublicKey] = [:]
+        for item in items { keys[item.cn] = item.publicKey }
+        let reservations = items.map {
+            Reservation(cn: $0.cn, publicKeySHA256: CertificateFactory.publicKeyFingerprint($0.publicKey), operatorName: operatorName)
+        }
+        var built: [String: Certificate] = [:]
+        let records = try await station.ledger.issueBatch(reservations) { r in
+            let (content, cert) = try makeContent(r, publicKey: keys[r.cn]!, origin: origin, hardwareID: nil, workOrder: workOrder, at: at, validity: validity)
+            built[r.cn] = cert
+            return content
+        }
+        return try records.map { record in
+            let cert = built[record.content.cn]!
+            return IssuedCertificate(record: record, certificate: cert, pem: try cert.serializeAsPEM().pemString)
+        }
+    }
+
+    private func makeContent(
+        _ r: Reservation, publicKey: Certificate.PublicKey, origin: KeyOrigin, hardwareID: String?, workOrder: String?, at: Date,
+        validity: (notBefore: Date, notAfter: Date)
+    ) throws -> (RecordContent, Certificate) {
+        let serial = try CertificateFactory.serial(fromRandom: randomBytes(20))
+        let cert = try CertificateFactory.leaf(
+            cn: r.cn, publicKey: publicKey, profile: profile, ca: loaded.ca, signer: loaded.signer, serial: serial,
+            notBefore: validity.notBefore, notAfter: validity.notAfter)
+        let der = try CertificateFactory.der(cert)
+        let content = RecordContent(
+            cn: r.cn, serialHex: Hex.upper(serial.bytes), certificateFingerprint: Hex.sha256(der),
+            publicKeySHA256: r.publicKeySHA256, caFingerprint: loaded.ca.fingerprint, caName: loaded.ca.name,
+            profile: profile.name, stationID: station.config.stationID, operatorName: operatorName, keyOrigin: origin,
+            hardwareID: hardwareID, workOrder: workOrder, notBefore: validity.notBefore, notAfter: validity.notAfter,
+            certificateDER: der, createdAt: at)
+        return (content, cert)
+    }
+
+    /// The PEM of the issuing CA and the certificates above it, nearest first (for `--chain` and `CN.chain.pem`).
+    public var chainPEM: String {
+        get throws {
+            try ([loaded.ca.certificate] + loaded.ca.chain).map { try $0.serializeAsPEM().pemString }.joined(separator: "\n") + "\n"
+        }
+    }
+}

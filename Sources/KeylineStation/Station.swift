@@ -1,0 +1,120 @@
+import Crypto
+import Foundation
+import KeylineCore
+import KeylineCustody
+import KeylineLedger
+import SwiftASN1
+import X509
+
+/// An opened station: its configuration and its ledger.
+public struct Station: Sendable {
+    public var config: StationConfig
+    public var ledger: any Ledger
+
+    /// Finds the station directory: `--station`, else `KEYLINE_STATION`, else the current directory.
+    public static func locate(explicit: String?, environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        if let explicit, !explicit.isEmpty { return explicit }
+        if let env = environment["KEYLINE_STATION"], !env.isEmpty { return env }
+        return FileManager.default.currentDirectoryPath
+    }
+
+    /// Opens the station at `directory`: reads `station.toml` and opens its ledger.
+    public static func open(directory: String) throws -> Station {
+        let config = try StationConfig.load(directory: directory)
+        return Station(config: config, ledger: try openLedger(config))
+    }
+
+    static func openLedger(_ config: StationConfig, create: Bool = false) throws -> any Ledger {
+        switch config.ledger {
+        case .sqlite(let path): try SQLiteLedger(path: path, stationID: config.stationID, create: create)
+        }
+    }
+}
+
+/// A CA ready to sign: its certificate material and its private key, opened through the key guard.
+public struct LoadedCA: Sendable {
+    public var ca: IssuingCA
+    public var signer: Certificate.PrivateKey
+    /// Warnings every command prints (an unencrypted key allowed for development).
+    public var warnings: [String]
+}
+
+/// Reading CA certificates and opening CA keys, with every check the key guard promises.
+public enum CALoader {
+    /// Reads a PEM file holding one or more certificates.
+    public static func certificates(at path: String) throws -> [Certificate] {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw KeylineError(.ioError, "cannot read certificate file \(path)")
+        }
+        let text = String(decoding: data, as: UTF8.self)
+        let docs: [PEMDocument]
+        do {
+            docs = try PEMDocument.parseMultiple(pemString: text)
+        } catch {
+            throw KeylineError(.dataError, "\(path) is not a PEM certificate file")
+        }
+        let certs = try docs.filter { $0.discriminator == "CERTIFICATE" }.map { doc in
+            do { return try Certificate(derEncoded: doc.derBytes) } catch {
+                throw KeylineError(.dataError, "\(path) holds a certificate that cannot be parsed")
+            }
+        }
+        guard !certs.isEmpty else { throw KeylineError(.dataError, "\(path) holds no CERTIFICATE block") }
+        return certs
+    }
+
+    /// The CA's certificate and chain, without touching its key (for `ca show`, manifests, verification).
+    public static func certificateOnly(_ c: CAConfig) throws -> IssuingCA {
+        let certs = try certificates(at: c.cert)
+        var chain = Array(certs.dropFirst())
+        if let chainPath = c.chain { chain += try certificates(at: chainPath) }
+        return try IssuingCA(name: c.name, certificate: certs[0], chain: chain)
+    }
+
+    /// Opens a CA for signing at `now`: checks the key file guard, the passphrase, that the key matches the
+    /// certificate and that the CA is valid. Every refusal is ``KeylineError/Code/keyGuard`` with the path and fix.
+    public static func load(_ c: CAConfig, passphrases: PassphraseSources, now: Date) throws -> LoadedCA {
+        guard c.status == .active else {
+            throw KeylineError(.configuration, "CA '\(c.name)' is retired and signs nothing more; switch the profile to an active CA")
+        }
+        let ca = try certificateOnly(c)
+        let verdict = IssuingCA.checkIsCA(ca.certificate)
+        if case .refuse(_, let reason) = verdict {
+            throw KeylineError(.dataError, "CA '\(c.name)' certificate \(c.cert): \(reason)")
+        }
+        let (signer, warnings) = try openKey(path: c.key, allowUnencrypted: c.allowUnencryptedKey, caName: c.name, passphrases: passphrases)
+        try checkMatch(signer, ca.certificate, keyPath: c.key, certPath: c.cert)
+        if case .refuse(_, let reason) = ca.checkValidity(at: now) {
+            throw KeylineError(.keyGuard, "\(reason) (\(c.cert)); import a valid CA or switch the profile")
+        }
+        return LoadedCA(ca: ca, signer: signer, warnings: warnings)
+    }
+
+    /// Opens a key file through the guard; returns the key and any warning to print.
+    public static func openKey(
+        path: String, allowUnencrypted: Bool, caName: String, passphrases: PassphraseSources
+    ) throws -> (Certificate.PrivateKey, [String]) {
+        let pem = try FileGuard.readSecretFile(path, what: "CA key")
+        var warnings: [String] = []
+        let key: Certificate.PrivateKey
+        if PrivateKeyFile.protection(of: pem) == .unencrypted {
+            guard allowUnencrypted else {
+                throw KeylineError(
+                    .keyGuard,
+                    "CA key \(path) is not encrypted; encrypt it (openssl pkcs8 -topk8 -v2 aes-256-cbc) or set allow_unencrypted_key = true for development only")
+            }
+            warnings.append("CA '\(caName)' key \(path) is NOT encrypted (allow_unencrypted_key = true): development use only")
+            key = try PrivateKeyFile.open(pem: pem, passphrase: nil, path: path)
+        } else {
+            let passphrase = try passphrases.resolve(for: path)
+            key = try PrivateKeyFile.open(pem: pem, passphrase: passphrase, path: path)
+        }
+        return (key, warnings)
+    }
+
+    /// Refuses a key that does not belong to the certificate.
+    public static func checkMatch(_ key: Certificate.PrivateKey, _ cert: Certificate, keyPath: String, certPath: String) throws {
+        guard key.publicKey == cert.publicKey else {
+            throw KeylineError(.keyGuard, "CA key \(keyPath) does not match certificate \(certPath); check which key belongs to this CA")
+        }
+    }
+}

@@ -1,0 +1,240 @@
+import Foundation
+import KeylineCore
+import TOMLKit
+
+/// Where the ledger lives, from the top-level `ledger` key of `station.toml`.
+public enum LedgerLocation: Sendable, Equatable, CustomStringConvertible {
+    /// `sqlite:PATH`, PATH relative to the station directory unless absolute.
+    case sqlite(path: String)
+
+    public var description: String {
+        switch self {
+        case .sqlite(let path): "sqlite:\(path)"
+        }
+    }
+}
+
+/// Whether a CA may still sign.
+public enum CAStatus: String, Sendable, CaseIterable {
+    case active
+    case retired
+}
+
+/// One `[cas.NAME]` section.
+public struct CAConfig: Sendable, Equatable {
+    public var name: String
+    /// Absolute paths, resolved against the station directory.
+    public var cert: String
+    public var key: String
+    public var chain: String?
+    public var passphraseFile: String?
+    public var status: CAStatus
+    /// Development only: accept a CA key file that is not encrypted (every command then warns).
+    public var allowUnencryptedKey: Bool
+}
+
+/// The parsed `station.toml`: station identity, ledger, CAs and profiles. Unknown keys are refused so that a typo
+/// never falls back to a default silently.
+public struct StationConfig: Sendable {
+    public static let fileName = "station.toml"
+
+    public var directory: String
+    public var stationID: String
+    public var ledger: LedgerLocation
+    public var operatorName: String?
+    public var caExpiryWarningDays: Int
+    public var cas: [String: CAConfig]
+    public var profiles: [String: Profile]
+
+    /// Reads and checks `DIR/station.toml`. Throws ``KeylineError/Code/configuration`` with the file, section and key.
+    public static func load(directory: String) throws -> StationConfig {
+        let path = (directory as NSString).appendingPathComponent(fileName)
+        guard let data = FileManager.default.contents(atPath: path) else {
+            if FileManager.default.fileExists(atPath: path) {
+                throw KeylineError(.ioError, "cannot read \(path)")
+            }
+            throw KeylineError(
+                .configuration, "no station at \(directory): \(fileName) not found (use --station DIR, set KEYLINE_STATION, or run 'keyline init DIR')")
+        }
+        return try parse(String(decoding: data, as: UTF8.self), directory: directory)
+    }
+
+    /// Parses configuration text; `directory` anchors relative paths.
+    public static func parse(_ text: String, directory: String) throws -> StationConfig {
+        let table: TOMLTable
+        do {
+            table = try TOMLTable(string: text)
+        } catch let error as TOMLParseError {
+            throw KeylineError(.configuration, "\(fileName) line \(error.source.begin.line): \(error.description)")
+        } catch {
+            throw KeylineError(.configuration, "\(fileName): \(error)")
+        }
+        let dir = (directory as NSString).standardizingPath
+        var top = Section(table: table, name: "top level")
+        let stationID = try top.requiredString("station_id")
+        let ledgerText = try top.requiredString("ledger")
+        let operatorName = try top.string("operator").flatMap { $0.isEmpty ? nil : $0 }
+        let warnDays = try top.int("ca_expiry_warning_days") ?? 30
+        let casTable = try top.table("cas")
+        let profilesTable = try top.table("profiles")
+        try top.refuseUnknown()
+
+        guard !stationID.isEmpty else { throw KeylineError(.configuration, "\(fileName): station_id is empty") }
+        let ledger: LedgerLocation
+        if ledgerText.hasPrefix("sqlite:") {
+            let p = String(ledgerText.dropFirst("sqlite:".count))
+            guard !p.isEmpty else { throw KeylineError(.configuration, "\(fileName): ledger 'sqlite:' names no file") }
+            ledger = .sqlite(path: resolve(p, in: dir))
+        } else if ledgerText.hasPrefix("postgres://") || ledgerText.hasPrefix("postgresql://") {
+            throw KeylineError(.configuration, "\(fileName): PostgreSQL ledgers are not supported by this build yet; use ledger = \"sqlite:PATH\"")
+        } else {
+            throw KeylineError(.configuration, "\(fileName): ledger '\(ledgerText)' must look like \"sqlite:ledger.sqlite\"")
+        }
+
+        var cas: [String: CAConfig] = [:]
+        for name in casTable?.keys ?? [] {
+            guard let t = casTable?[name]?.table else { throw KeylineError(.configuration, "\(fileName): [cas.\(name)] must be a table") }
+            var s = Section(table: t, name: "[cas.\(name)]")
+            let statusText = try s.string("status") ?? "active"
+            guard let status = CAStatus(rawValue: statusText) else {
+                throw KeylineError(.configuration, "\(fileName): [cas.\(name)] status '\(statusText)' must be \"active\" or \"retired\"")
+            }
+            cas[name] = CAConfig(
+                name: name,
+                cert: resolve(try s.requiredString("cert"), in: dir),
+                key: resolve(try s.requiredString("key"), in: dir),
+                chain: try s.string("chain").map { resolve($0, in: dir) },
+                passphraseFile: try s.string("passphrase_file").map { resolve($0, in: dir) },
+                status: status,
+                allowUnencryptedKey: try s.bool("allow_unencrypted_key") ?? false)
+            try s.refuseUnknown()
+        }
+
+        var profiles: [String: Profile] = [:]
+        for name in profilesTable?.keys ?? [] {
+            guard let t = profilesTable?[name]?.table else {
+                throw KeylineError(.configuration, "\(fileName): [profiles.\(name)] must be a table")
+            }
+            var s = Section(table: t, name: "[profiles.\(name)]")
+            let caName = try s.requiredString("ca")
+            guard cas[caName] != nil else {
+                throw KeylineError(.configuration, "\(fileName): [profiles.\(name)] uses CA '\(caName)', which has no [cas.\(caName)] section")
+            }
+            var keyTypes: Set<AllowedKeyType> = [.p256]
+            if let list = try s.stringArray("key_types") {
+                keyTypes = []
+                for item in list {
+                    guard let k = AllowedKeyType(rawValue: item) else {
+                        throw KeylineError(.configuration, "\(fileName): [profiles.\(name)] key_types entry '\(item)' must be one of p256, p384, rsa")
+                    }
+                    keyTypes.insert(k)
+                }
+                guard !keyTypes.isEmpty else { throw KeylineError(.configuration, "\(fileName): [profiles.\(name)] key_types is empty") }
+            }
+            let profile = Profile(
+                name: name,
+                caName: caName,
+                cnPattern: try s.string("cn_pattern") ?? Profile.defaultCNPattern,
+                validityDays: try s.int("validity_days") ?? 3650,
+                minValidityDays: try s.int("min_validity_days") ?? 365,
+                keyTypes: keyTypes,
+                rsaMinBits: try s.int("rsa_min_bits") ?? 2048,
+                organization: try s.string("organization"),
+                organizationalUnit: try s.string("organizational_unit"))
+            try s.refuseUnknown()
+            guard profile.validityDays > 0, profile.minValidityDays >= 0, profile.minValidityDays <= profile.validityDays else {
+                throw KeylineError(
+                    .configuration, "\(fileName): [profiles.\(name)] needs validity_days > 0 and 0 <= min_validity_days <= validity_days")
+            }
+            guard profile.rsaMinBits >= 2048 else {
+                throw KeylineError(.configuration, "\(fileName): [profiles.\(name)] rsa_min_bits must be at least 2048")
+            }
+            _ = try CNRule(pattern: profile.cnPattern)
+            profiles[name] = profile
+        }
+        return StationConfig(
+            directory: dir, stationID: stationID, ledger: ledger, operatorName: operatorName, caExpiryWarningDays: warnDays,
+            cas: cas, profiles: profiles)
+    }
+
+    /// The named profile, or `default`; throws ``KeylineError/Code/configuration`` naming the ones that exist.
+    public func profile(_ name: String?) throws -> Profile {
+        let wanted = name ?? "default"
+        guard let p = profiles[wanted] else {
+            let known = profiles.keys.sorted().joined(separator: ", ")
+            throw KeylineError(.configuration, "no profile '\(wanted)' in \(Self.fileName) (profiles: \(known.isEmpty ? "none" : known))")
+        }
+        return p
+    }
+
+    static func resolve(_ path: String, in dir: String) -> String {
+        path.hasPrefix("/") ? path : (dir as NSString).appendingPathComponent(path)
+    }
+}
+
+/// Reads one TOML table, remembering which keys were read so the rest can be refused as unknown.
+struct Section {
+    let table: TOMLTable
+    let name: String
+    var used: Set<String> = []
+
+    init(table: TOMLTable, name: String) {
+        self.table = table
+        self.name = name
+    }
+
+    private func wrongType(_ key: String, _ type: String) -> KeylineError {
+        KeylineError(.configuration, "\(StationConfig.fileName): \(name) key '\(key)' must be \(type)")
+    }
+
+    mutating func string(_ key: String) throws -> String? {
+        used.insert(key)
+        guard let v = table[key] else { return nil }
+        guard let s = v.string else { throw wrongType(key, "a string") }
+        return s
+    }
+
+    mutating func requiredString(_ key: String) throws -> String {
+        guard let s = try string(key) else {
+            throw KeylineError(.configuration, "\(StationConfig.fileName): \(name) is missing '\(key)'")
+        }
+        return s
+    }
+
+    mutating func int(_ key: String) throws -> Int? {
+        used.insert(key)
+        guard let v = table[key] else { return nil }
+        guard let i = v.int else { throw wrongType(key, "an integer") }
+        return i
+    }
+
+    mutating func bool(_ key: String) throws -> Bool? {
+        used.insert(key)
+        guard let v = table[key] else { return nil }
+        guard let b = v.bool else { throw wrongType(key, "true or false") }
+        return b
+    }
+
+    mutating func table(_ key: String) throws -> TOMLTable? {
+        used.insert(key)
+        guard let v = table[key] else { return nil }
+        guard let t = v.table else { throw wrongType(key, "a table") }
+        return t
+    }
+
+    mutating func stringArray(_ key: String) throws -> [String]? {
+        used.insert(key)
+        guard let v = table[key] else { return nil }
+        guard let a = v.array else { throw wrongType(key, "an array of strings") }
+        return try a.map { item in
+            guard let s = item.string else { throw wrongType(key, "an array of strings") }
+            return s
+        }
+    }
+
+    func refuseUnknown() throws {
+        for key in table.keys.sorted() where !used.contains(key) {
+            throw KeylineError(.configuration, "\(StationConfig.fileName): unknown key '\(key)' in \(name)")
+        }
+    }
+}

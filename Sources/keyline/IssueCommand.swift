@@ -1,0 +1,193 @@
+import ArgumentParser
+import Crypto
+import Foundation
+import KeylineCore
+import KeylineCustody
+import KeylineLedger
+import KeylineStation
+import X509
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct IssueCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "issue",
+        abstract: "Make device keypairs on the station and issue their certificates.",
+        discussion: """
+            For each CN, makes a P-256 keypair and issues its certificate under the profile's policy, then writes
+            OUT/<CN>.key (PKCS#8 PEM, mode 0600), OUT/<CN>.pem and OUT/<CN>.chain.pem (leaf, issuing CA, root), and
+            OUT/index.csv. The private key is never stored in the ledger or logged.
+
+            Batches (--count) commit in chunks, all or nothing per chunk, and resume: run the same command again after
+            an interruption and the CNs already complete are skipped. Keys of a chunk are staged as <CN>.key.partial
+            and flushed before the chunk commits, so a committed certificate never loses its key to a crash.
+
+            Examples:
+              keyline issue dev-0001 dev-0002 --out batch
+              keyline issue --count 1000 --cn-template 'SN-{seq:06}' --out batch-42
+            """
+    )
+
+    @OptionGroup var options: StationOptions
+    @Argument(help: "CNs to issue (or use --count with --cn-template).") var cns: [String] = []
+    @Option(name: .long, help: "Issue this many devices named by --cn-template.") var count: Int?
+    @Option(name: .long, help: "CN template with {seq} or {seq:0N}, e.g. 'SN-{seq:06}'.") var cnTemplate: String?
+    @Option(name: .long, help: "First sequence number for --cn-template.") var start: Int = 1
+    @Option(name: .long, help: ArgumentHelp("Output directory.", valueName: "DIR")) var out: String
+    @Option(name: .long, help: "Certificates committed per transaction.") var chunk: Int = 500
+    @Option(name: .long, help: "Issuance profile (default: 'default').") var profile: String?
+    @Option(name: .long, help: ArgumentHelp("File holding the CA key's passphrase (mode 0600).", valueName: "FILE")) var passphraseFile: String?
+    @Option(name: .long, help: "Operator recorded with each certificate.") var `operator`: String?
+
+    func validate() throws {
+        if count == nil && cns.isEmpty { throw ValidationError("give CNs, or --count N with --cn-template") }
+        if count != nil && !cns.isEmpty { throw ValidationError("give either CNs or --count, not both") }
+        if let count {
+            guard count > 0 else { throw ValidationError("--count must be positive") }
+            guard cnTemplate != nil else { throw ValidationError("--count needs --cn-template, e.g. 'SN-{seq:06}'") }
+            guard start >= 0 else { throw ValidationError("--start must not be negative") }
+        }
+        guard chunk > 0 && chunk <= 10_000 else { throw ValidationError("--chunk must be 1...10000") }
+        if Set(cns).count != cns.count { throw ValidationError("a CN is given twice") }
+    }
+
+    func run() async throws {
+        try await runReporting(verbose: options.verbose) {
+            var names = cns
+            if let count, let cnTemplate {
+                let template = try CNTemplate(cnTemplate)
+                names = (start..<(start + count)).map(template.render)
+            }
+            let station = try Station.open(directory: Station.locate(explicit: options.station))
+            let issuer = try await openIssuer(station: station, profileName: profile, passphraseFile: passphraseFile, operatorOption: `operator`)
+            try createDirectory(out)
+            let batch = BatchWriter(directory: out, chainPEM: try issuer.chainPEM)
+
+            // Sort the names: complete ones are skipped, CNs already in the ledger without our files are refused.
+            var todo: [String] = []
+            var skipped = 0
+            for cn in names {
+                try await issuer.checkCN(cn)
+                if let record = try await station.ledger.record(cn: cn) {
+                    if try batch.finishIfStaged(record: record) {
+                        skipped += 1
+                        continue
+                    }
+                    let error = KeylineError.refused("unique-cn", "CN '\(cn)' was already issued (ledger seq \(record.seq)) and its key is not in \(out)")
+                    _ = try? await station.ledger.recordRefusal(cn: cn, reason: error.reason, operatorName: issuer.operatorName, at: Date())
+                    throw error
+                }
+                todo.append(cn)
+            }
+            if skipped > 0 { Console.note("resuming: \(skipped) already issued in \(out), \(todo.count) to go") }
+
+            let progress = Progress(total: names.count, done: skipped)
+            var index = 0
+            while index < todo.count {
+                let slice = Array(todo[index..<min(index + chunk, todo.count)])
+                var keys: [(cn: String, key: P256.Signing.PrivateKey)] = []
+                for cn in slice { keys.append((cn, P256.Signing.PrivateKey())) }
+                // Stage the keys durably before the chunk commits.
+                try batch.stage(keys)
+                let issued: [IssuedCertificate]
+                do {
+                    issued = try await issuer.issueBatch(
+                        keys.map { (cn: $0.cn, publicKey: Certificate.PublicKey($0.key.publicKey)) }, origin: .station)
+                } catch {
+                    batch.unstage(slice)
+                    throw error
+                }
+                for item in issued { try batch.complete(cn: item.record.content.cn, pem: item.pem) }
+                index += slice.count
+                progress.advance(by: slice.count)
+            }
+            progress.finish()
+            try await batch.writeIndex(names: names, ledger: station.ledger)
+            Console.note("issued \(todo.count), skipped \(skipped), in \(out)")
+        }
+    }
+}
+
+/// Writes a batch's files in the order that keeps keys and certificates safe across crashes.
+struct BatchWriter {
+    let directory: String
+    let chainPEM: String
+
+    func path(_ cn: String, _ ext: String) -> String { (directory as NSString).appendingPathComponent("\(cn).\(ext)") }
+
+    /// Writes each key to CN.key.partial (0600), then flushes the file system once for the whole chunk.
+    func stage(_ keys: [(cn: String, key: P256.Signing.PrivateKey)]) throws {
+        for (cn, key) in keys {
+            try SafeFile.write(key.pemRepresentation + "\n", to: path(cn, "key.partial"), mode: 0o600, durable: false)
+        }
+        try SafeFile.syncFileSystem(of: directory)
+    }
+
+    func unstage(_ cns: [String]) {
+        for cn in cns { unlink(path(cn, "key.partial")) }
+    }
+
+    /// After the commit: the certificate files, then the key moves to its final name.
+    func complete(cn: String, pem: String) throws {
+        try SafeFile.write(pem + "\n", to: path(cn, "pem"), durable: false)
+        try SafeFile.write(pem + "\n" + chainPEM, to: path(cn, "chain.pem"), durable: false)
+        guard rename(path(cn, "key.partial"), path(cn, "key")) == 0 else {
+            throw KeylineError(.ioError, "cannot move \(path(cn, "key.partial")) into place")
+        }
+    }
+
+    /// For a CN already in the ledger: true when its files are complete here, or when its staged key matches the
+    /// ledger's certificate (an interrupted chunk) and the files were finished now.
+    func finishIfStaged(record: LedgerRecord) throws -> Bool {
+        let fm = FileManager.default
+        let cn = record.content.cn
+        let keyPath = fm.fileExists(atPath: path(cn, "key")) ? path(cn, "key") : path(cn, "key.partial")
+        guard let keyData = fm.contents(atPath: keyPath),
+            let key = try? P256.Signing.PrivateKey(pemRepresentation: String(decoding: keyData, as: UTF8.self)),
+            CertificateFactory.publicKeyFingerprint(Certificate.PublicKey(key.publicKey)) == record.content.publicKeySHA256
+        else { return false }
+        let pem = try Certificate(derEncoded: record.content.certificateDER).serializeAsPEM().pemString
+        if keyPath.hasSuffix(".partial") || !fm.fileExists(atPath: path(cn, "pem")) || !fm.fileExists(atPath: path(cn, "chain.pem")) {
+            if !keyPath.hasSuffix(".partial") { try SafeFile.write(Array(keyData), to: path(cn, "key.partial"), mode: 0o600, durable: false) }
+            try complete(cn: cn, pem: pem)
+        }
+        return true
+    }
+
+    /// index.csv for every CN of the batch, from the ledger (so a resumed batch lists everything).
+    func writeIndex(names: [String], ledger: any KeylineLedger.Ledger) async throws {
+        var csv = "cn,serial,fingerprint,not_after,key_file,cert_file\n"
+        for cn in names {
+            guard let r = try await ledger.record(cn: cn) else { continue }
+            csv += "\(cn),\(r.content.serialHex),\(r.content.certificateFingerprint),\(Timestamp.iso(r.content.notAfter)),\(cn).key,\(cn).pem\n"
+        }
+        try SafeFile.write(csv, to: (directory as NSString).appendingPathComponent("index.csv"))
+    }
+}
+
+/// A progress bar on standard error when it is a terminal; silent otherwise.
+final class Progress {
+    let total: Int
+    var done: Int
+    let enabled = isatty(STDERR_FILENO) == 1
+
+    init(total: Int, done: Int) {
+        self.total = total
+        self.done = done
+    }
+
+    func advance(by n: Int) {
+        done += n
+        guard enabled, total > 0 else { return }
+        let width = 30
+        let filled = width * done / total
+        let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+        FileHandle.standardError.write(Data("\r[\(bar)] \(done)/\(total)".utf8))
+    }
+
+    func finish() {
+        if enabled { FileHandle.standardError.write(Data("\n".utf8)) }
+    }
+}

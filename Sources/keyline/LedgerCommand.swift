@@ -1,0 +1,225 @@
+import ArgumentParser
+import Foundation
+import KeylineCore
+import KeylineLedger
+import KeylineStation
+import X509
+
+struct LedgerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ledger",
+        abstract: "Inspect and verify the ledger of issued certificates.",
+        subcommands: [LedgerVerify.self, LedgerList.self, LedgerShow.self]
+    )
+}
+
+struct RecordJSON: Encodable {
+    var seq: Int64
+    var cn: String
+    var serial: String
+    var fingerprint: String
+    var public_key_sha256: String
+    var ca: String
+    var ca_fingerprint: String
+    var profile: String
+    var station_id: String
+    var `operator`: String
+    var key_origin: String
+    var hardware_id: String?
+    var work_order: String?
+    var not_before: Date
+    var not_after: Date
+    var state: String
+    var created_at: Date
+    var updated_at: Date
+    var hash: String
+
+    init(_ r: LedgerRecord) {
+        let c = r.content
+        seq = r.seq
+        cn = c.cn
+        serial = c.serialHex
+        fingerprint = c.certificateFingerprint
+        public_key_sha256 = c.publicKeySHA256
+        ca = c.caName
+        ca_fingerprint = c.caFingerprint
+        profile = c.profile
+        station_id = c.stationID
+        self.operator = c.operatorName
+        key_origin = c.keyOrigin.rawValue
+        hardware_id = c.hardwareID
+        work_order = c.workOrder
+        not_before = c.notBefore
+        not_after = c.notAfter
+        state = r.state.rawValue
+        created_at = c.createdAt
+        updated_at = r.updatedAt
+        hash = r.hash
+    }
+}
+
+struct LedgerVerify: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract: "Check the hash chains and record states; name the first bad sequence number.",
+        discussion: """
+            Recomputes every record's and event's hash from its stored content and the previous hash, and checks each
+            record's state against its events. Detects edited, deleted, inserted and reordered rows (even when the
+            database's protective triggers were dropped). Exit 0 when intact, 4 when not.
+            """
+    )
+
+    @OptionGroup var options: StationOptions
+    @Flag(name: .long, help: "Print JSON.") var json = false
+
+    struct Report: Encodable {
+        var intact: Bool
+        var records: Int
+        var events: Int
+        var first_bad_record_seq: Int64?
+        var first_bad_event_seq: Int64?
+        var problems: [String]
+        var head_seq: Int64
+        var head_hash: String
+
+        func encode(to encoder: Encoder) throws {
+            enum K: String, CodingKey { case intact, records, events, first_bad_record_seq, first_bad_event_seq, problems, head_seq, head_hash }
+            var c = encoder.container(keyedBy: K.self)
+            try c.encode(intact, forKey: .intact)
+            try c.encode(records, forKey: .records)
+            try c.encode(events, forKey: .events)
+            try c.encode(first_bad_record_seq, forKey: .first_bad_record_seq)
+            try c.encode(first_bad_event_seq, forKey: .first_bad_event_seq)
+            try c.encode(problems, forKey: .problems)
+            try c.encode(head_seq, forKey: .head_seq)
+            try c.encode(head_hash, forKey: .head_hash)
+        }
+    }
+
+    func run() async throws {
+        try await runReporting(verbose: options.verbose) {
+            let station = try Station.open(directory: Station.locate(explicit: options.station))
+            let r = try await station.ledger.verify()
+            if json {
+                try Console.json(
+                    Report(
+                        intact: r.isIntact, records: r.recordsChecked, events: r.eventsChecked, first_bad_record_seq: r.firstBadRecordSeq,
+                        first_bad_event_seq: r.firstBadEventSeq, problems: r.problems, head_seq: r.headSeq, head_hash: r.headHash))
+            } else if r.isIntact {
+                Console.out("ledger intact: \(r.recordsChecked) records, \(r.eventsChecked) events, head seq \(r.headSeq) hash \(r.headHash)\n")
+            } else {
+                Console.out("ledger TAMPERED: \(r.problems.count) problem(s)\n")
+                r.problems.forEach { Console.out("  \($0)\n") }
+            }
+            if !r.isIntact {
+                let first = r.firstBadRecordSeq.map { "record seq \($0)" } ?? r.firstBadEventSeq.map { "event seq \($0)" } ?? "unknown"
+                Console.error(KeylineError(.integrity, "ledger integrity check failed at \(first)"), verbose: options.verbose)
+                throw ExitCode(KeylineError.Code.integrity.exitStatus)
+            }
+        }
+    }
+}
+
+struct LedgerList: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List issued certificates in ledger order.")
+
+    @OptionGroup var options: StationOptions
+    @Option(name: .long, help: "Only records in this state (issued, delivered, failed, revoked).") var state: String?
+    @Option(name: .long, help: "Only records issued under this profile.") var profile: String?
+    @Option(name: .long, help: "At most this many records.") var limit: Int?
+    @Flag(name: .long, help: "Print JSON.") var json = false
+
+    func validate() throws {
+        if let state, RecordState(rawValue: state) == nil {
+            throw ValidationError("--state must be one of \(RecordState.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        if let limit, limit < 0 { throw ValidationError("--limit must not be negative") }
+    }
+
+    func run() async throws {
+        try await runReporting(verbose: options.verbose) {
+            let station = try Station.open(directory: Station.locate(explicit: options.station))
+            let records = try await station.ledger.records(
+                RecordQuery(limit: limit, state: state.flatMap(RecordState.init(rawValue:)), profile: profile))
+            if json {
+                try Console.json(["records": records.map(RecordJSON.init)])
+                return
+            }
+            Console.out(pad("SEQ", 6) + pad("CN", 24) + pad("STATE", 10) + pad("PROFILE", 10) + pad("NOT AFTER", 22) + "FINGERPRINT\n")
+            for r in records {
+                Console.out(
+                    pad(String(r.seq), 6) + pad(r.content.cn, 24) + pad(r.state.rawValue, 10) + pad(r.content.profile, 10)
+                        + pad(Timestamp.iso(r.content.notAfter), 22) + r.content.certificateFingerprint.prefix(16) + "…\n")
+            }
+            Console.note("\(records.count) record(s)")
+        }
+    }
+
+    func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
+}
+
+struct LedgerShow: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "show", abstract: "Show one certificate's record and its events.")
+
+    @OptionGroup var options: StationOptions
+    @Argument(help: "The certificate's CN (the device identifier).") var cn: String
+    @Flag(name: .long, help: "Print JSON.") var json = false
+    @Flag(name: .long, help: "Print the certificate as PEM (re-export).") var pem = false
+
+    struct EventJSON: Encodable {
+        var seq: Int64
+        var kind: String
+        var detail: String
+        var `operator`: String
+        var at: Date
+    }
+
+    func run() async throws {
+        try await runReporting(verbose: options.verbose) {
+            let station = try Station.open(directory: Station.locate(explicit: options.station))
+            guard let record = try await station.ledger.record(cn: cn) else {
+                throw KeylineError(.dataError, "no certificate for CN '\(cn)' in the ledger")
+            }
+            if pem {
+                Console.out(try Certificate(derEncoded: record.content.certificateDER).serializeAsPEM().pemString + "\n")
+                return
+            }
+            let events = try await station.ledger.events(recordSeq: record.seq, limit: nil)
+            let eventJSON = events.map {
+                EventJSON(seq: $0.seq, kind: $0.content.kind.rawValue, detail: $0.content.detail, operator: $0.content.operatorName, at: $0.content.at)
+            }
+            if json {
+                struct Out: Encodable {
+                    var record: RecordJSON
+                    var events: [EventJSON]
+                }
+                try Console.json(Out(record: RecordJSON(record), events: eventJSON))
+                return
+            }
+            let c = record.content
+            Console.out(
+                """
+                \(c.cn)
+                  seq          \(record.seq)
+                  state        \(record.state.rawValue)
+                  serial       \(c.serialHex)
+                  SHA-256      \(c.certificateFingerprint)
+                  public key   \(c.publicKeySHA256)
+                  CA           \(c.caName) \(c.caFingerprint)
+                  profile      \(c.profile)
+                  station      \(c.stationID)
+                  operator     \(c.operatorName)
+                  key origin   \(c.keyOrigin.rawValue)
+                  hardware id  \(c.hardwareID ?? "-")
+                  valid        \(Timestamp.iso(c.notBefore)) .. \(Timestamp.iso(c.notAfter))
+                  issued at    \(Timestamp.isoMillis(c.createdAt))
+                  hash         \(record.hash)
+                events:
+
+                """)
+            for e in events {
+                Console.out("  \(e.seq)  \(Timestamp.isoMillis(e.content.at))  \(e.content.kind.rawValue)  \(e.content.detail)\n")
+            }
+        }
+    }
+}
