@@ -82,9 +82,32 @@ let package = Package(
                 .product(name: "X509", package: "swift-certificates"),
             ]
         ),
-        .testTarget(name: "KeylineCoreTests", dependencies: ["KeylineCore", .product(name: "X509", package: "swift-certificates"), .product(name: "Crypto", package: "swift-crypto"), .product(name: "SwiftASN1", package: "swift-asn1")]),
-        .testTarget(name: "KeylineCustodyTests", dependencies: ["KeylineCustody"]),
-        .testTarget(name: "KeylineLedgerTests", dependencies: ["KeylineLedger"]),
-        .testTarget(name: "KeylineStationTests", dependencies: ["KeylineStation"]),
+        .testTarget(
+            name: "KeylineCoreTests",
+            dependencies: [
+                "KeylineCore", .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"), .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]
+        ),
+        .testTarget(
+            name: "KeylineCustodyTests",
+            dependencies: [
+                "KeylineCustody", "KeylineCore", .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"), .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ]
+        ),
+        .testTarget(
+            name: "KeylineLedgerTests",
+            dependencies: ["KeylineLedger", "KeylineCore", .product(name: "GRDB", package: "GRDB.swift")]
+        ),
+        .testTarget(
+            name: "KeylineStationTests",
+            dependencies: [
+                "KeylineStation", "KeylineCore", "KeylineCustody", "KeylineLedger",
+                .product(name: "X509", package: "swift-certificates"), .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]
+        ),
     ]
 )

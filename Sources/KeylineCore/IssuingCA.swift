@@ -79,6 +79,10 @@ public enum Timestamp {
     public static func millis(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded()) }
     /// Unix time in whole seconds, as the ledger stores a certificate's validity.
     public static func seconds(_ date: Date) -> Int64 { Int64(date.timeIntervalSince1970.rounded(.down)) }
+    /// `date` rounded to the millisecond, exactly as it reads back from the ledger.
+    public static func wholeMillis(_ date: Date) -> Date { fromMillis(millis(date)) }
+    /// `date` truncated to the second, as X.509 validity and the ledger keep it.
+    public static func wholeSeconds(_ date: Date) -> Date { Date(timeIntervalSince1970: Double(seconds(date))) }
     /// The date of a millisecond timestamp.
     public static func fromMillis(_ ms: Int64) -> Date { Date(timeIntervalSince1970: Double(ms) / 1000) }
 

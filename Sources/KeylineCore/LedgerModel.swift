@@ -55,10 +55,12 @@ public struct RecordContent: Sendable, Equatable {
         self.keyOrigin = keyOrigin
         self.hardwareID = hardwareID
         self.workOrder = workOrder
-        self.notBefore = notBefore
-        self.notAfter = notAfter
+        // Normalised to what the ledger stores (whole seconds, milliseconds), so a record read back equals the one
+        // written and hashes the same.
+        self.notBefore = Timestamp.wholeSeconds(notBefore)
+        self.notAfter = Timestamp.wholeSeconds(notAfter)
         self.certificateDER = certificateDER
-        self.createdAt = createdAt
+        self.createdAt = Timestamp.wholeMillis(createdAt)
     }
 }
 
@@ -79,7 +81,7 @@ public struct LedgerRecord: Sendable, Equatable {
         self.seq = seq
         self.content = content
         self.state = state
-        self.updatedAt = updatedAt
+        self.updatedAt = Timestamp.wholeMillis(updatedAt)
         self.prevHash = prevHash
         self.hash = hash
     }
@@ -120,7 +122,7 @@ public struct EventContent: Sendable, Equatable {
         self.detail = detail
         self.stationID = stationID
         self.operatorName = operatorName
-        self.at = at
+        self.at = Timestamp.wholeMillis(at)
     }
 }
 

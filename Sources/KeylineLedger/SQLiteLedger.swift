@@ -22,9 +22,11 @@ public final class SQLiteLedger: Ledger {
             throw KeylineError(.unavailable, "ledger not found at \(path) (run 'keyline init' or fix 'ledger' in station.toml)")
         }
         var config = Configuration()
-        config.journalMode = .wal
         config.busyMode = .timeout(5)
+        // WAL by hand: GRDB's `journalMode = .wal` also lowers synchronous to NORMAL, which can lose the last
+        // commits on power loss. A certificate may leave only after its commit is on disk, so FULL it is.
         config.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA journal_mode = WAL")
             try db.execute(sql: "PRAGMA synchronous = FULL")
         }
         do {
@@ -100,6 +102,11 @@ public final class SQLiteLedger: Ledger {
                 """)
         }
         return m
+    }
+
+    /// The value of a PRAGMA on the ledger's own connection (durability settings are per connection).
+    func pragma(_ name: String) throws -> String? {
+        try dbQueue.read { db in try String.fetchOne(db, sql: "PRAGMA \(name)") }
     }
 
     // MARK: - Ledger

@@ -1,0 +1,304 @@
+import Foundation
+import GRDB
+import Testing
+@testable import KeylineCore
+@testable import KeylineLedger
+
+/// The ledger backends every contract test runs against.
+enum Backend: String, CaseIterable, CustomTestStringConvertible {
+    case memory
+    case sqlite
+
+    var testDescription: String { rawValue }
+
+    func make() throws -> any Ledger {
+        switch self {
+        case .memory: return InMemoryLedger(stationID: "station-test")
+        case .sqlite:
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("keyline-ledger-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+            return try SQLiteLedger(path: dir.appendingPathComponent("ledger.sqlite").path, stationID: "station-test", create: true)
+        }
+    }
+}
+
+let t0 = Date(timeIntervalSince1970: 1_800_000_000.123)
+
+func content(_ r: Reservation, serial: String? = nil, at: Date = t0) -> RecordContent {
+    RecordContent(
+        cn: r.cn, serialHex: serial ?? Hex.upper(Array(r.cn.utf8)), certificateFingerprint: Hex.sha256(Array(("cert:" + r.cn).utf8)),
+        publicKeySHA256: r.publicKeySHA256, caFingerprint: String(repeating: "C", count: 64), caName: "dev", profile: "default",
+        stationID: "station-test", operatorName: "op", keyOrigin: .device, hardwareID: "hw-\(r.cn)", notBefore: at,
+        notAfter: at.addingTimeInterval(86400 * 365), certificateDER: Array(("der:" + r.cn).utf8), createdAt: at)
+}
+
+func reservation(_ cn: String, key: String? = nil) -> Reservation {
+    Reservation(cn: cn, publicKeySHA256: Hex.sha256(Array((key ?? "key:" + cn).utf8)), operatorName: "op")
+}
+
+@discardableResult
+func issue(_ ledger: any Ledger, _ cn: String, key: String? = nil) async throws -> LedgerRecord {
+    try await ledger.issue(reservation(cn, key: key)) { content($0) }
+}
+
+@Suite("Ledger contract")
+struct LedgerContractTests {
+    @Test("records are numbered from 1 and chained from the genesis hash", arguments: Backend.allCases)
+    func chain(_ backend: Backend) async throws {
+        let ledger = try backend.make()
+        let a = try await issue(ledger, "dev-1")
+        let b = try await issue(ledger, "dev-2")
+        #expect(a.seq == 1 && b.seq == 2)
+        #expect(a.prevHash == LedgerRecord.genesisHash)
+        #expect(b.prevHash == a.hash)
+        #expect(b.hash == ChainHash.record(seq: 2, prevHash: a.hash, content: b.content))
+        let stored = try #require(try await ledger.record(cn: "dev-2"))
+        #expect(stored == b)
+        #expect(try await ledger.count() == 2)
+        let report = try await ledger.verify()
+        #expect(report.isIntact)
+        #expect(report.recordsChecked == 2 && report.headSeq == 2 && report.headHash == b.hash)
+    }
+
+    @Test("a duplicate CN is refused before signing and leaves only a refusal event", arguments: Backend.allCases)
+    func duplicateCN(_ backend: Backend) async throws {
+        let ledger = try backend.make()
+        try await issue(ledger, "dev-1")
+        var signed = false
+        await #expect(throws: KeylineError(.policyRefusal, "")) {
+            try await ledger.issue(reservation("dev-1", key: "other")) { r in
+                signed = true
+                return content(r)
+            }
+        }
+        #expect(!signed, "sign must not run when the reservation is refused")
+        #expect(try await ledger.count() == 1)
+        let events = try await ledger.events(recordSeq: nil, limit: nil)
+        #expect(events.last?.content.kind == .refused)
+        #expect(events.last?.content.cn == "dev-1")
+        #expect(events.last?.content.detail.hasPrefix("unique-cn") == true)
+        #expect(try await ledger.verify().isIntact)
+    }
+
+    @Test("a reused public key is refused under another CN", arguments: Backend.allCases)
+    func duplicateKey(_ backend: Backend) async throws {
+        let ledger = try backend.make()
+        try await issue(ledger, "dev-1", key: "shared")
+        do {
+            try await issue(ledger, "dev-2", key: "shared")
+            Issue.record("reused key accepted")
+        } catch let e as KeylineError {
+            #expect(e.rule == "unique-public-key")
+        }
+        #expect(try await ledger.record(cn: "dev-2") == nil)
+    }
+
+    @Test("a failure while signing commits nothing", arguments: Backend.allCases)
+    func signFailure(_ backend: Backend) async throws {
+        let ledger = try backend.make()
+        struct Boom: Error {}
+        await #expect(throws: Boom.self) {
+            try await ledger.issue(reservation("dev-1")) { _ in throw Boom() }
+        }
+        #expect(try await ledger.count() == 0)
+        #expect(try await ledger.record(cn: "dev-1") == nil)
+        try await issue(ledger, "dev-1")
+        #expect(try await ledger.verify().isIntact)
+    }
+
+    @Test("a batch commits all or nothing", arguments: Backend.allCases)
+    func batch(_ backend: Backend) async throws {
+        let ledger = try backend.make()
+        try await issue(ledger, "dev-3")
+        let names = ["dev-1", "dev-2", "dev-3", "dev-4"]
+        await #expect(throws: KeylineError(.policyRefusal, "")) {
+            try await ledger.issueBatch(names.map { reservation($0, key: "batch:" + $0) }) { content($0) }
+        }
+        #expect(try await ledger.count() == 1, "the refused batch must leave no record")
+        let ok = try await ledger.issueBatch(["dev-1", "dev-2"].map { reservation($0) }) { content($0) }
+        #expect(ok.map(\.seq) == [2, 3])
+        #expect(try await ledger.verify().isIntact)
+    }
+
+    @Test("state changes are events, and verify checks they agree", arguments: Backend.allCases)
+    func transitions(_ backend: Backend) async throws {
+        let ledger = try backend.make()
+        let r = try await issue(ledger, "dev-1")
+        try await ledger.transition(
+            recordSeq: r.seq, to: .delivered,
+            event: EventContent(kind: .delivered, recordSeq: r.seq, cn: "dev-1", detail: "read-back ok", stationID: "station-test", operatorName: "op", at: t0))
+        #expect(try await ledger.record(cn: "dev-1")?.state == .delivered)
+        let events = try await ledger.events(recordSeq: r.seq, limit: nil)
+        #expect(events.map(\.content.kind) == [.issued, .delivered])
+        #expect(try await ledger.verify().isIntact)
+    }
+
+    @Test("queries filter by state, profile and prefix, in order", arguments: Backend.allCases)
+    func queries(_ backend: Backend) async throws {
+        let ledger = try backend.make()
+        for cn in ["a-1", "a-2", "b-1"] { try await issue(ledger, cn) }
+        #expect(try await ledger.records(RecordQuery(cnPrefix: "a-")).map(\.content.cn) == ["a-1", "a-2"])
+        #expect(try await ledger.records(RecordQuery(afterSeq: 1, limit: 1)).map(\.seq) == [2])
+        #expect(try await ledger.records(RecordQuery(state: .revoked)).isEmpty)
+        #expect(try await ledger.records(RecordQuery(profile: "default")).count == 3)
+    }
+}
+
+@Suite("Ledger tamper detection")
+struct TamperTests {
+    func memoryWithRecords(_ n: Int) async throws -> InMemoryLedger {
+        let ledger = InMemoryLedger(stationID: "station-test")
+        for i in 1...n { try await issue(ledger, "dev-\(i)") }
+        return ledger
+    }
+
+    @Test("in memory: an edited record is named by its sequence number")
+    func editedMemory() async throws {
+        let ledger = try await memoryWithRecords(5)
+        ledger.tamper { $0[2].content.cn = "evil" }
+        let report = try await ledger.verify()
+        #expect(report.firstBadRecordSeq == 3)
+    }
+
+    @Test("in memory: a deleted record is named")
+    func deletedMemory() async throws {
+        let ledger = try await memoryWithRecords(5)
+        ledger.tamper { $0.remove(at: 1) }
+        #expect(try await ledger.verify().firstBadRecordSeq == 2)
+    }
+}
+
+@Suite("SQLite ledger on disk")
+struct SQLiteLedgerTests {
+    func make(_ n: Int) async throws -> (SQLiteLedger, String) {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("keyline-sqlite-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let path = dir.appendingPathComponent("ledger.sqlite").path
+        let ledger = try SQLiteLedger(path: path, stationID: "station-test", create: true)
+        for i in 1...n { try await issue(ledger, "dev-\(i)") }
+        return (ledger, path)
+    }
+
+    /// Opens the file as an attacker would: raw SQL, triggers dropped.
+    func attack(_ path: String, _ sql: String) throws {
+        let db = try DatabaseQueue(path: path)
+        try db.writeWithoutTransaction { db in
+            try db.execute(sql: "PRAGMA foreign_keys = OFF")
+            for t in ["records_no_delete", "records_no_rewrite", "events_no_delete", "events_no_update"] {
+                try db.execute(sql: "DROP TRIGGER IF EXISTS \(t)")
+            }
+            try db.execute(sql: sql)
+        }
+    }
+
+    @Test("the database runs in WAL mode with synchronous=FULL")
+    func durability() async throws {
+        let (ledger, _) = try await make(1)
+        #expect(try ledger.pragma("journal_mode") == "wal")
+        #expect(try ledger.pragma("synchronous") == "2", "2 is FULL")
+    }
+
+    /// Runs raw SQL synchronously; true when SQLite refused it.
+    func refused(_ db: DatabaseQueue, _ sql: String) -> Bool {
+        do {
+            try db.write { try $0.execute(sql: sql) }
+            return false
+        } catch {
+            return true
+        }
+    }
+
+    @Test("triggers refuse deleting or rewriting history while they are in place")
+    func triggers() async throws {
+        let (_, path) = try await make(2)
+        let db = try DatabaseQueue(path: path)
+        #expect(refused(db, "DELETE FROM records WHERE seq = 1"))
+        #expect(refused(db, "UPDATE records SET cn = 'x' WHERE seq = 1"))
+        #expect(refused(db, "UPDATE records SET hash = 'x' WHERE seq = 1"))
+        #expect(refused(db, "UPDATE events SET detail = 'x' WHERE seq = 1"))
+        #expect(refused(db, "DELETE FROM events"))
+        #expect(!refused(db, "UPDATE records SET state = 'failed' WHERE seq = 1"), "the state column stays writable")
+    }
+
+    @Test(
+        "verify names the first bad sequence number after raw edits",
+        arguments: [
+            ("UPDATE records SET cn = 'evil' WHERE seq = 3", Int64(3)),
+            ("UPDATE records SET cert_der = x'00' WHERE seq = 4", Int64(4)),
+            ("DELETE FROM records WHERE seq = 2", Int64(2)),
+            ("UPDATE records SET state = 'revoked' WHERE seq = 5", Int64(5)),
+            ("UPDATE records SET seq = 100 WHERE seq = 5", Int64(5)),
+        ])
+    func rawEdits(_ sql: String, _ expected: Int64) async throws {
+        let (ledger, path) = try await make(5)
+        #expect(try await ledger.verify().isIntact)
+        try attack(path, sql)
+        let report = try await ledger.verify()
+        #expect(!report.isIntact)
+        #expect(report.firstBadRecordSeq == expected, "\(report.problems)")
+    }
+
+    @Test("swapping two records' contents is detected at the first of them")
+    func swapped() async throws {
+        let (ledger, path) = try await make(5)
+        let cols = "cn, serial_hex, cert_sha256, pubkey_sha256, hardware_id, cert_der, hash, prev_hash"
+        try attack(
+            path,
+            """
+            CREATE TEMP TABLE s AS SELECT seq, \(cols) FROM records WHERE seq IN (2, 4);
+            UPDATE records SET cn = 'tmp-' || seq, serial_hex = 'tmp-' || seq, cert_sha256 = 'tmp-' || seq, pubkey_sha256 = 'tmp-' || seq WHERE seq IN (2, 4);
+            UPDATE records SET (\(cols)) = (SELECT \(cols) FROM s WHERE s.seq = 4) WHERE seq = 2;
+            UPDATE records SET (\(cols)) = (SELECT \(cols) FROM s WHERE s.seq = 2) WHERE seq = 4;
+            """)
+        #expect(try await ledger.record(seq: 2)?.content.cn == "dev-4")
+        let report = try await ledger.verify()
+        #expect(report.firstBadRecordSeq == 2, "\(report.problems)")
+    }
+
+    @Test("an edited or deleted event is named by its sequence number")
+    func events() async throws {
+        let (ledger, path) = try await make(3)
+        try attack(path, "UPDATE events SET detail = 'nothing to see' WHERE seq = 2")
+        #expect(try await ledger.verify().firstBadEventSeq == 2)
+        let (ledger2, path2) = try await make(3)
+        try attack(path2, "DELETE FROM events WHERE seq = 1")
+        let r2 = try await ledger2.verify()
+        #expect(r2.firstBadEventSeq == 1)
+        #expect(r2.firstBadRecordSeq == 1, "record 1 lost its 'issued' event")
+    }
+
+    @Test("a locked database is a temporary failure (exit 75), and nothing is committed")
+    func locked() async throws {
+        let (ledger, path) = try await make(1)
+        let locked = DispatchSemaphore(value: 0)
+        let released = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            let blocker = try! DatabaseQueue(path: path)
+            try! blocker.inDatabase { db in
+                try db.execute(sql: "BEGIN IMMEDIATE")
+                locked.signal()
+                Thread.sleep(forTimeInterval: 6)
+                try db.execute(sql: "ROLLBACK")
+            }
+            released.signal()
+        }
+        locked.wait()
+        do {
+            try await issue(ledger, "dev-2")
+            Issue.record("issued while the database was locked")
+        } catch let e as KeylineError {
+            #expect(e.code == .temporaryFailure)
+            #expect(e.exitStatus == 75)
+        }
+        released.wait()
+        #expect(try await ledger.count() == 1)
+        #expect(try await ledger.record(cn: "dev-2") == nil)
+    }
+
+    @Test("a missing ledger file is unavailable unless creating")
+    func missing() {
+        #expect(throws: KeylineError(.unavailable, "")) {
+            try SQLiteLedger(path: "/nonexistent-\(UUID().uuidString)/ledger.sqlite", stationID: "x")
+        }
+    }
+}
