@@ -86,7 +86,8 @@ let package = Package(
             name: "KeylineCoreTests",
             dependencies: [
                 "KeylineCore", .product(name: "X509", package: "swift-certificates"),
-                .product(name: "Crypto", package: "swift-crypto"), .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ]
         ),
@@ -94,7 +95,8 @@ let package = Package(
             name: "KeylineCustodyTests",
             dependencies: [
                 "KeylineCustody", "KeylineCore", .product(name: "X509", package: "swift-certificates"),
-                .product(name: "Crypto", package: "swift-crypto"), .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
             ]
         ),
         .testTarget(
@@ -105,7 +107,8 @@ let package = Package(
             name: "KeylineStationTests",
             dependencies: [
                 "KeylineStation", "KeylineCore", "KeylineCustody", "KeylineLedger",
-                .product(name: "X509", package: "swift-certificates"), .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ]
         ),

@@ -6,7 +6,8 @@ public struct CNTemplate: Sendable, Equatable {
 
     /// Parses `text`; throws ``KeylineError/Code/usage`` unless it has exactly one `{seq}` placeholder.
     public init(_ text: String) throws {
-        guard let open = text.range(of: "{seq"), let close = text.range(of: "}", range: open.upperBound..<text.endIndex) else {
+        guard let open = text.range(of: "{seq"), let close = text.range(of: "}", range: open.upperBound..<text.endIndex)
+        else {
             throw KeylineError(.usage, "CN template '\(text)' needs a {seq} or {seq:06} placeholder")
         }
         let spec = text[open.upperBound..<close.lowerBound]

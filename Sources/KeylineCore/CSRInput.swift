@@ -8,6 +8,8 @@ public struct CSRInput: Sendable {
     public var der: [UInt8]
     /// The key algorithm read directly from the SPKI.
     public var keyAlgorithm: KeyAlgorithm
+    /// The subject, read on its own so a refusal can name the CN even when the whole CSR cannot be parsed.
+    public var subject: DistinguishedName?
     /// The signature algorithm OID of the request.
     public var signatureAlgorithmOID: ASN1ObjectIdentifier
     /// The fully parsed request, nil when swift-certificates cannot parse it (an RSA key below 2048 bits, an
@@ -51,8 +53,14 @@ public struct CSRInput: Sendable {
             let sigOID = try? ASN1ObjectIdentifier(derEncoded: sigOIDNode)
         else { throw KeylineError(.dataError, "CSR signature algorithm is malformed") }
         self.signatureAlgorithmOID = sigOID
+        self.subject = try? DistinguishedName(derEncoded: info[1])
         self.der = der
         self.parsed = try? CertificateSigningRequest(derEncoded: der)
+    }
+
+    /// The CN to name in an audit event: the subject's only CN, if it has exactly one.
+    public var claimedCN: String? {
+        subject.flatMap { try? IssuancePolicy.commonName(of: $0).get() }
     }
 
     static func pemBody(_ text: String) throws -> [UInt8] {

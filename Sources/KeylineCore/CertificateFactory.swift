@@ -1,8 +1,8 @@
 import Crypto
-import _CryptoExtras
 import Foundation
 import SwiftASN1
 import X509
+import _CryptoExtras
 
 /// Builds and signs certificates. Pure: the time, the serial's random bytes and the signing key are passed in.
 public enum CertificateFactory {
@@ -136,7 +136,9 @@ public enum CertificateFactory {
         selfKey: Certificate.PrivateKey
     ) throws -> Certificate {
         let ski = try keyIdentifier(of: publicKey)
-        let issuerSKI: [UInt8]? = try issuer.map { try Array($0.certificate.extensions.subjectKeyIdentifier?.keyIdentifier ?? []) }
+        let issuerSKI: [UInt8]? = try issuer.map {
+            try Array($0.certificate.extensions.subjectKeyIdentifier?.keyIdentifier ?? [])
+        }
         let extensions = try Certificate.Extensions {
             Critical(BasicConstraints.isCertificateAuthority(maxPathLength: pathLength))
             Critical(KeyUsage(keyCertSign: true, cRLSign: true))

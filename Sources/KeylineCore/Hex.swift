@@ -1,4 +1,5 @@
 import Crypto
+import Foundation
 
 /// Hex and digest helpers shared by every module.
 public enum Hex {
@@ -49,5 +50,3 @@ public enum Hex {
         }
     }
 }
-
-import Foundation

@@ -41,7 +41,9 @@ public struct CNRule: @unchecked Sendable {
         }
         for scalar in cn.unicodeScalars {
             if scalar.properties.generalCategory == .control || scalar.value == 0x7F {
-                return .refuse(rule: "cn", reason: "CN contains a control character (U+\(String(scalar.value, radix: 16, uppercase: true)))")
+                return .refuse(
+                    rule: "cn",
+                    reason: "CN contains a control character (U+\(String(scalar.value, radix: 16, uppercase: true)))")
             }
             if scalar == "/" { return .refuse(rule: "cn", reason: "CN contains '/'") }
             if scalar == "*" { return .refuse(rule: "cn", reason: "CN contains '*'") }

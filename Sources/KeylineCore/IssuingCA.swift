@@ -35,8 +35,16 @@ public struct IssuingCA: Sendable {
     /// Checks the certificate is fit to be an issuing CA: CA:TRUE, keyCertSign, a SKI. Returns a verdict naming
     /// what is missing.
     public static func checkIsCA(_ certificate: Certificate) -> PolicyVerdict {
-        guard let bc = try? certificate.extensions.basicConstraints, case .isCertificateAuthority = bc else {
+        guard let bc = try? certificate.extensions.basicConstraints, case .isCertificateAuthority(let pathLength) = bc else {
             return .refuse(rule: "ca-certificate", reason: "basicConstraints CA:TRUE is missing")
+        }
+        // The backend finds a device's CA by the leaf's AKI: the registered CA must be the direct issuer, an
+        // issuing CA that signs no further CAs.
+        guard pathLength == 0 else {
+            let shown = pathLength.map(String.init) ?? "unlimited"
+            return .refuse(
+                rule: "ca-certificate",
+                reason: "basicConstraints pathlen is \(shown); the issuing CA must have pathlen:0 (it signs devices directly)")
         }
         guard let ku = try? certificate.extensions.keyUsage, ku.keyCertSign else {
             return .refuse(rule: "ca-certificate", reason: "keyUsage keyCertSign is missing")
@@ -50,10 +58,13 @@ public struct IssuingCA: Sendable {
     /// Checks the CA is inside its validity at `now`.
     public func checkValidity(at now: Date) -> PolicyVerdict {
         if now < certificate.notValidBefore {
-            return .refuse(rule: "ca-validity", reason: "CA '\(name)' is not valid before \(Timestamp.iso(certificate.notValidBefore))")
+            return .refuse(
+                rule: "ca-validity",
+                reason: "CA '\(name)' is not valid before \(Timestamp.iso(certificate.notValidBefore))")
         }
         if now > certificate.notValidAfter {
-            return .refuse(rule: "ca-validity", reason: "CA '\(name)' expired on \(Timestamp.iso(certificate.notValidAfter))")
+            return .refuse(
+                rule: "ca-validity", reason: "CA '\(name)' expired on \(Timestamp.iso(certificate.notValidAfter))")
         }
         return .accept
     }
@@ -67,12 +78,18 @@ public struct IssuingCA: Sendable {
 /// Time formatting shared by the ledger and the CLI: ISO 8601, UTC, whole seconds.
 public enum Timestamp {
     public static func iso(_ date: Date) -> String {
-        date.formatted(.iso8601.year().month().day().dateSeparator(.dash).time(includingFractionalSeconds: false).timeSeparator(.colon).timeZone(separator: .omitted))
+        date.formatted(
+            .iso8601.year().month().day().dateSeparator(.dash).time(includingFractionalSeconds: false).timeSeparator(
+                .colon
+            ).timeZone(separator: .omitted))
     }
 
     /// ISO 8601 with milliseconds, for event and record timestamps.
     public static func isoMillis(_ date: Date) -> String {
-        date.formatted(.iso8601.year().month().day().dateSeparator(.dash).time(includingFractionalSeconds: true).timeSeparator(.colon).timeZone(separator: .omitted))
+        date.formatted(
+            .iso8601.year().month().day().dateSeparator(.dash).time(includingFractionalSeconds: true).timeSeparator(
+                .colon
+            ).timeZone(separator: .omitted))
     }
 
     /// Unix time in whole milliseconds, as the ledger stores timestamps.

@@ -77,7 +77,8 @@ public struct LedgerRecord: Sendable, Equatable {
     /// SHA-256 over `prevHash` and the canonical content.
     public var hash: String
 
-    public init(seq: Int64, content: RecordContent, state: RecordState, updatedAt: Date, prevHash: String, hash: String) {
+    public init(seq: Int64, content: RecordContent, state: RecordState, updatedAt: Date, prevHash: String, hash: String)
+    {
         self.seq = seq
         self.content = content
         self.state = state
@@ -115,7 +116,10 @@ public struct EventContent: Sendable, Equatable {
     public var operatorName: String
     public var at: Date
 
-    public init(kind: EventKind, recordSeq: Int64?, cn: String?, detail: String, stationID: String, operatorName: String, at: Date) {
+    public init(
+        kind: EventKind, recordSeq: Int64?, cn: String?, detail: String, stationID: String, operatorName: String,
+        at: Date
+    ) {
         self.kind = kind
         self.recordSeq = recordSeq
         self.cn = cn

@@ -2,9 +2,9 @@ import Foundation
 import KeylineCore
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// Refuses secret files (CA keys, passphrase files) that others could read or swap.
@@ -23,7 +23,8 @@ public enum FileGuard {
         }
         let type = st.st_mode & S_IFMT
         if type == S_IFLNK {
-            throw KeylineError(.keyGuard, "\(what) \(path) is a symlink; refusing it (replace the link with the file itself)")
+            throw KeylineError(
+                .keyGuard, "\(what) \(path) is a symlink; refusing it (replace the link with the file itself)")
         }
         guard type == S_IFREG else {
             throw KeylineError(.keyGuard, "\(what) \(path) is not a regular file")
@@ -32,12 +33,15 @@ public enum FileGuard {
         if perms & 0o077 != 0 {
             throw KeylineError(
                 .keyGuard,
-                "\(what) \(path) is readable or writable by group or others (mode \(String(perms, radix: 8))); fix: chmod 600 \(path)")
+                "\(what) \(path) is readable or writable by group or others (mode \(String(perms, radix: 8))); fix: chmod 600 \(path)"
+            )
         }
         let me = geteuid()
         if st.st_uid != me && st.st_uid != 0 {
             throw KeylineError(
-                .keyGuard, "\(what) \(path) is owned by uid \(st.st_uid), not by this user (uid \(me)) or root; fix: chown it to the station's user")
+                .keyGuard,
+                "\(what) \(path) is owned by uid \(st.st_uid), not by this user (uid \(me)) or root; fix: chown it to the station's user"
+            )
         }
         let dir = (path as NSString).deletingLastPathComponent
         let dirPath = dir.isEmpty ? "." : dir
@@ -46,11 +50,11 @@ public enum FileGuard {
             throw KeylineError(.keyGuard, "directory \(dirPath) of \(what) \(path) cannot be examined")
         }
         if dst.st_mode & 0o022 != 0 {
+            let mode = String(dst.st_mode & 0o7777, radix: 8)
             throw KeylineError(
                 .keyGuard,
-                "\(what) \(path) lies in directory \(dirPath) that group or others can write (mode \(String(dst.st_mode & 0o777, radix: 8))); fix: chmod go-w \(dirPath)")
-        }
-    }
+                "\(what) \(path) lies in directory \(dirPath) that group or others can write (mode \(mode)); fix: move it into a private directory (mode 0700) owned by the station's user")
+        }    }
 
     /// Reads a secret file after ``checkSecretFile(_:what:)`` accepted it.
     public static func readSecretFile(_ path: String, what: String) throws -> [UInt8] {
@@ -69,7 +73,9 @@ public enum SafeFile {
     ///
     /// `mode` applies from creation (0600 for keys). `exclusive` refuses to replace an existing file.
     /// With `durable: false` the fsync is left to a later ``syncFileSystem(of:)`` covering many files at once.
-    public static func write(_ bytes: [UInt8], to path: String, mode: mode_t = 0o644, exclusive: Bool = false, durable: Bool = true) throws {
+    public static func write(
+        _ bytes: [UInt8], to path: String, mode: mode_t = 0o644, exclusive: Bool = false, durable: Bool = true
+    ) throws {
         if exclusive && FileManager.default.fileExists(atPath: path) {
             throw KeylineError(.ioError, "\(path) already exists; refusing to overwrite it")
         }
@@ -112,7 +118,9 @@ public enum SafeFile {
     }
 
     /// Writes text; see ``write(_:to:mode:exclusive:)``.
-    public static func write(_ text: String, to path: String, mode: mode_t = 0o644, exclusive: Bool = false, durable: Bool = true) throws {
+    public static func write(
+        _ text: String, to path: String, mode: mode_t = 0o644, exclusive: Bool = false, durable: Bool = true
+    ) throws {
         try write(Array(text.utf8), to: path, mode: mode, exclusive: exclusive, durable: durable)
     }
 

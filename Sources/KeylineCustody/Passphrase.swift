@@ -2,9 +2,9 @@ import Foundation
 import KeylineCore
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// A passphrase held as bytes and wiped when released. Never printed, logged or put in an error.
@@ -44,7 +44,10 @@ public struct PassphraseSources: Sendable {
     public var credentialsDirectory: String?
     public var allowPrompt: Bool
 
-    public init(explicitFile: String? = nil, configuredFile: String? = nil, credentialsDirectory: String? = nil, allowPrompt: Bool = false) {
+    public init(
+        explicitFile: String? = nil, configuredFile: String? = nil, credentialsDirectory: String? = nil,
+        allowPrompt: Bool = false
+    ) {
         self.explicitFile = explicitFile
         self.configuredFile = configuredFile
         self.credentialsDirectory = credentialsDirectory
@@ -64,7 +67,8 @@ public struct PassphraseSources: Sendable {
         }
         throw KeylineError(
             .keyGuard,
-            "no passphrase for encrypted key \(keyPath): set passphrase_file in station.toml, pass --passphrase-file, or provide the systemd credential \(Self.credentialName)")
+            "no passphrase for encrypted key \(keyPath): set passphrase_file in station.toml, pass --passphrase-file, or provide the systemd credential \(Self.credentialName)"
+        )
     }
 
     /// Reads a guarded passphrase file; strips one trailing newline.

@@ -36,7 +36,9 @@ public enum PrivateKeyFile {
             defer { BIO_free(bio) }
             // With cb == NULL and u != NULL, libcrypto uses u as the passphrase and never prompts.
             if let passphrase {
-                return passphrase.withCString { PEM_read_bio_PrivateKey(bio, nil, nil, UnsafeMutableRawPointer(mutating: $0)) }
+                return passphrase.withCString {
+                    PEM_read_bio_PrivateKey(bio, nil, nil, UnsafeMutableRawPointer(mutating: $0))
+                }
             }
             return "".withCString { PEM_read_bio_PrivateKey(bio, nil, nil, UnsafeMutableRawPointer(mutating: $0)) }
         }
@@ -44,7 +46,8 @@ public enum PrivateKeyFile {
             let reason = lastError()
             ERR_clear_error()
             if encrypted {
-                throw KeylineError(.keyGuard, "cannot decrypt \(path): wrong passphrase (from \(passphrase?.source ?? "no source"))")
+                throw KeylineError(
+                    .keyGuard, "cannot decrypt \(path): wrong passphrase (from \(passphrase?.source ?? "no source"))")
             }
             throw KeylineError(.dataError, "\(path) holds no readable private key (\(reason))")
         }
@@ -58,7 +61,8 @@ public enum PrivateKeyFile {
                 switch EVP_PKEY_get_bits(pkey) {
                 case 256: return Certificate.PrivateKey(try P256.Signing.PrivateKey(derRepresentation: der))
                 case 384: return Certificate.PrivateKey(try P384.Signing.PrivateKey(derRepresentation: der))
-                case let bits: throw KeylineError(.dataError, "\(path): EC key of \(bits) bits is not supported (P-256 or P-384)")
+                case let bits:
+                    throw KeylineError(.dataError, "\(path): EC key of \(bits) bits is not supported (P-256 or P-384)")
                 }
             case EVP_PKEY_RSA:
                 return Certificate.PrivateKey(try _RSA.Signing.PrivateKey(derRepresentation: der))
@@ -79,7 +83,9 @@ public enum PrivateKeyFile {
             var p: UnsafePointer<UInt8>? = buf.baseAddress
             return d2i_AutoPrivateKey(nil, &p, buf.count)
         }
-        guard let pkey else { throw KeylineError(.internalError, "libcrypto cannot read the key to encrypt (\(lastError()))") }
+        guard let pkey else {
+            throw KeylineError(.internalError, "libcrypto cannot read the key to encrypt (\(lastError()))")
+        }
         defer { EVP_PKEY_free(pkey) }
         guard let bio = BIO_new(BIO_s_mem()) else { throw KeylineError(.internalError, "BIO_new failed") }
         defer { BIO_free(bio) }
@@ -101,12 +107,16 @@ public enum PrivateKeyFile {
             throw KeylineError(.internalError, "cannot encrypt the key (\(lastError()))")
         }
         defer { X509_SIG_free(sig) }
-        guard PEM_write_bio_PKCS8(bio, sig) == 1 else { throw KeylineError(.internalError, "cannot write PEM (\(lastError()))") }
+        guard PEM_write_bio_PKCS8(bio, sig) == 1 else {
+            throw KeylineError(.internalError, "cannot write PEM (\(lastError()))")
+        }
         return readAll(bio)
     }
 
     static func pkcs8DER(_ pkey: OpaquePointer, path: String) throws -> [UInt8] {
-        guard let p8 = EVP_PKEY2PKCS8(pkey) else { throw KeylineError(.dataError, "\(path): cannot convert the key to PKCS#8") }
+        guard let p8 = EVP_PKEY2PKCS8(pkey) else {
+            throw KeylineError(.dataError, "\(path): cannot convert the key to PKCS#8")
+        }
         defer { PKCS8_PRIV_KEY_INFO_free(p8) }
         var out: UnsafeMutablePointer<UInt8>? = nil
         let n = i2d_PKCS8_PRIV_KEY_INFO(p8, &out)

@@ -25,7 +25,9 @@ public final class InMemoryLedger: Ledger {
     private static func appendEvent(_ s: inout State, _ content: EventContent) -> LedgerEvent {
         let seq = Int64(s.events.count + 1)
         let prev = s.events.last?.hash ?? LedgerRecord.genesisHash
-        let event = LedgerEvent(seq: seq, content: content, prevHash: prev, hash: ChainHash.event(seq: seq, prevHash: prev, content: content))
+        let event = LedgerEvent(
+            seq: seq, content: content, prevHash: prev,
+            hash: ChainHash.event(seq: seq, prevHash: prev, content: content))
         s.events.append(event)
         return event
     }
@@ -33,31 +35,41 @@ public final class InMemoryLedger: Ledger {
     private static func refusal(_ s: State, _ r: Reservation) -> KeylineError? {
         if s.byCN[r.cn] != nil { return .refused("unique-cn", "CN '\(r.cn)' was already issued") }
         if s.byKey.contains(r.publicKeySHA256) {
-            return .refused("unique-public-key", "public key \(r.publicKeySHA256.prefix(16))… already belongs to another certificate")
+            return .refused(
+                "unique-public-key",
+                "public key \(r.publicKeySHA256.prefix(16))… already belongs to another certificate")
         }
         return nil
     }
 
-
-    public func issue(_ reservation: Reservation, sign: (Reservation) throws -> RecordContent) async throws -> LedgerRecord {
+    public func issue(
+        _ reservation: Reservation, sign: (Reservation) throws -> RecordContent
+    ) async throws -> LedgerRecord {
         try await issueBatch([reservation], sign: sign)[0]
     }
 
-    public func issueBatch(_ reservations: [Reservation], sign: (Reservation) throws -> RecordContent) async throws -> [LedgerRecord] {
+    public func issueBatch(
+        _ reservations: [Reservation], sign: (Reservation) throws -> RecordContent
+    ) async throws -> [LedgerRecord] {
         let outcome: Result<[LedgerRecord], KeylineError> = try state.withLock { s in
             var work = s
             var out: [LedgerRecord] = []
             for r in reservations {
                 if let error = Self.refusal(work, r) {
                     _ = Self.appendEvent(
-                        &s, EventContent(kind: .refused, recordSeq: nil, cn: r.cn, detail: error.reason, stationID: stationID, operatorName: r.operatorName, at: Date()))
+                        &s,
+                        EventContent(
+                            kind: .refused, recordSeq: nil, cn: r.cn, detail: error.reason, stationID: stationID,
+                            operatorName: r.operatorName, at: Date()))
                     return .failure(error)
                 }
                 let content = try sign(r)
                 guard content.cn == r.cn, content.publicKeySHA256 == r.publicKeySHA256 else {
                     throw KeylineError(.internalError, "signed content does not match its reservation")
                 }
-                if work.bySerial.contains(content.serialHex) || work.byFingerprint.contains(content.certificateFingerprint) {
+                if work.bySerial.contains(content.serialHex)
+                    || work.byFingerprint.contains(content.certificateFingerprint)
+                {
                     throw KeylineError(.internalError, "serial or fingerprint collision for CN '\(r.cn)'")
                 }
                 let seq = Int64(work.records.count + 1)
@@ -72,7 +84,9 @@ public final class InMemoryLedger: Ledger {
                 work.byFingerprint.insert(content.certificateFingerprint)
                 _ = Self.appendEvent(
                     &work,
-                    EventContent(kind: .issued, recordSeq: seq, cn: r.cn, detail: "serial \(content.serialHex)", stationID: content.stationID, operatorName: content.operatorName, at: content.createdAt))
+                    EventContent(
+                        kind: .issued, recordSeq: seq, cn: r.cn, detail: "serial \(content.serialHex)",
+                        stationID: content.stationID, operatorName: content.operatorName, at: content.createdAt))
                 out.append(record)
             }
             s = work
@@ -112,7 +126,8 @@ public final class InMemoryLedger: Ledger {
         state.withLock { s in
             var out = s.records.filter { r in
                 (q.afterSeq.map { r.seq > $0 } ?? true) && (q.state.map { r.state == $0 } ?? true)
-                    && (q.profile.map { r.content.profile == $0 } ?? true) && (q.cnPrefix.map { r.content.cn.hasPrefix($0) } ?? true)
+                    && (q.profile.map { r.content.profile == $0 } ?? true)
+                    && (q.cnPrefix.map { r.content.cn.hasPrefix($0) } ?? true)
             }
             if let limit = q.limit { out = Array(out.prefix(limit)) }
             return out

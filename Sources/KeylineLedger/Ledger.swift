@@ -24,7 +24,10 @@ public struct RecordQuery: Sendable {
     public var profile: String?
     public var cnPrefix: String?
 
-    public init(afterSeq: Int64? = nil, limit: Int? = nil, state: RecordState? = nil, profile: String? = nil, cnPrefix: String? = nil) {
+    public init(
+        afterSeq: Int64? = nil, limit: Int? = nil, state: RecordState? = nil, profile: String? = nil,
+        cnPrefix: String? = nil
+    ) {
         self.afterSeq = afterSeq
         self.limit = limit
         self.state = state
@@ -75,7 +78,9 @@ public protocol Ledger: Sendable {
     func issue(_ reservation: Reservation, sign: (Reservation) throws -> RecordContent) async throws -> LedgerRecord
 
     /// The same for many requests in one transaction: all are committed, or none.
-    func issueBatch(_ reservations: [Reservation], sign: (Reservation) throws -> RecordContent) async throws -> [LedgerRecord]
+    func issueBatch(
+        _ reservations: [Reservation], sign: (Reservation) throws -> RecordContent
+    ) async throws -> [LedgerRecord]
 
     /// Appends an event to the audit trail.
     @discardableResult
@@ -108,7 +113,9 @@ extension Ledger {
     @discardableResult
     public func recordRefusal(cn: String?, reason: String, operatorName: String, at: Date) async throws -> LedgerEvent {
         try await appendEvent(
-            EventContent(kind: .refused, recordSeq: nil, cn: cn, detail: reason, stationID: stationID, operatorName: operatorName, at: at)
+            EventContent(
+                kind: .refused, recordSeq: nil, cn: cn, detail: reason, stationID: stationID,
+                operatorName: operatorName, at: at)
         )
     }
 }

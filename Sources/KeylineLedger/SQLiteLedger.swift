@@ -19,7 +19,8 @@ public final class SQLiteLedger: Ledger {
         self.stationID = stationID
         self.path = path
         if !create && !FileManager.default.fileExists(atPath: path) {
-            throw KeylineError(.unavailable, "ledger not found at \(path) (run 'keyline init' or fix 'ledger' in station.toml)")
+            throw KeylineError(
+                .unavailable, "ledger not found at \(path) (run 'keyline init' or fix 'ledger' in station.toml)")
         }
         var config = Configuration()
         config.busyMode = .timeout(5)
@@ -41,65 +42,66 @@ public final class SQLiteLedger: Ledger {
     static var migrator: DatabaseMigrator {
         var m = DatabaseMigrator()
         m.registerMigration("v1") { db in
-            try db.execute(sql: """
-                CREATE TABLE records (
-                    seq INTEGER PRIMARY KEY,
-                    cn TEXT NOT NULL,
-                    serial_hex TEXT NOT NULL,
-                    cert_sha256 TEXT NOT NULL,
-                    pubkey_sha256 TEXT NOT NULL,
-                    ca_sha256 TEXT NOT NULL,
-                    ca_name TEXT NOT NULL,
-                    profile TEXT NOT NULL,
-                    station_id TEXT NOT NULL,
-                    operator TEXT NOT NULL,
-                    key_origin TEXT NOT NULL CHECK (key_origin IN ('device', 'station')),
-                    hardware_id TEXT,
-                    work_order TEXT,
-                    not_before INTEGER NOT NULL,
-                    not_after INTEGER NOT NULL,
-                    cert_der BLOB NOT NULL,
-                    state TEXT NOT NULL CHECK (state IN ('issued', 'delivered', 'failed', 'revoked')),
-                    created_at INTEGER NOT NULL,
-                    updated_at INTEGER NOT NULL,
-                    prev_hash TEXT NOT NULL,
-                    hash TEXT NOT NULL
-                );
-                CREATE UNIQUE INDEX records_cn ON records(cn);
-                CREATE UNIQUE INDEX records_serial ON records(serial_hex);
-                CREATE UNIQUE INDEX records_cert ON records(cert_sha256);
-                CREATE UNIQUE INDEX records_pubkey ON records(pubkey_sha256);
-                CREATE INDEX records_profile ON records(profile, seq);
-                CREATE TABLE events (
-                    seq INTEGER PRIMARY KEY,
-                    kind TEXT NOT NULL,
-                    record_seq INTEGER REFERENCES records(seq),
-                    cn TEXT,
-                    detail TEXT NOT NULL,
-                    station_id TEXT NOT NULL,
-                    operator TEXT NOT NULL,
-                    at INTEGER NOT NULL,
-                    prev_hash TEXT NOT NULL,
-                    hash TEXT NOT NULL
-                );
-                CREATE INDEX events_record ON events(record_seq, seq);
-                CREATE TRIGGER records_no_delete BEFORE DELETE ON records
-                BEGIN SELECT RAISE(ABORT, 'keyline ledger: records are append-only'); END;
-                CREATE TRIGGER records_no_rewrite BEFORE UPDATE ON records
-                WHEN NEW.seq IS NOT OLD.seq OR NEW.cn IS NOT OLD.cn OR NEW.serial_hex IS NOT OLD.serial_hex
-                  OR NEW.cert_sha256 IS NOT OLD.cert_sha256 OR NEW.pubkey_sha256 IS NOT OLD.pubkey_sha256
-                  OR NEW.ca_sha256 IS NOT OLD.ca_sha256 OR NEW.ca_name IS NOT OLD.ca_name OR NEW.profile IS NOT OLD.profile
-                  OR NEW.station_id IS NOT OLD.station_id OR NEW.operator IS NOT OLD.operator
-                  OR NEW.key_origin IS NOT OLD.key_origin OR NEW.hardware_id IS NOT OLD.hardware_id
-                  OR NEW.work_order IS NOT OLD.work_order OR NEW.not_before IS NOT OLD.not_before
-                  OR NEW.not_after IS NOT OLD.not_after OR NEW.cert_der IS NOT OLD.cert_der
-                  OR NEW.created_at IS NOT OLD.created_at OR NEW.prev_hash IS NOT OLD.prev_hash OR NEW.hash IS NOT OLD.hash
-                BEGIN SELECT RAISE(ABORT, 'keyline ledger: only a record''s state may change'); END;
-                CREATE TRIGGER events_no_delete BEFORE DELETE ON events
-                BEGIN SELECT RAISE(ABORT, 'keyline ledger: events are append-only'); END;
-                CREATE TRIGGER events_no_update BEFORE UPDATE ON events
-                BEGIN SELECT RAISE(ABORT, 'keyline ledger: events are append-only'); END;
-                """)
+            try db.execute(
+                sql: """
+                    CREATE TABLE records (
+                        seq INTEGER PRIMARY KEY,
+                        cn TEXT NOT NULL,
+                        serial_hex TEXT NOT NULL,
+                        cert_sha256 TEXT NOT NULL,
+                        pubkey_sha256 TEXT NOT NULL,
+                        ca_sha256 TEXT NOT NULL,
+                        ca_name TEXT NOT NULL,
+                        profile TEXT NOT NULL,
+                        station_id TEXT NOT NULL,
+                        operator TEXT NOT NULL,
+                        key_origin TEXT NOT NULL CHECK (key_origin IN ('device', 'station')),
+                        hardware_id TEXT,
+                        work_order TEXT,
+                        not_before INTEGER NOT NULL,
+                        not_after INTEGER NOT NULL,
+                        cert_der BLOB NOT NULL,
+                        state TEXT NOT NULL CHECK (state IN ('issued', 'delivered', 'failed', 'revoked')),
+                        created_at INTEGER NOT NULL,
+                        updated_at INTEGER NOT NULL,
+                        prev_hash TEXT NOT NULL,
+                        hash TEXT NOT NULL
+                    );
+                    CREATE UNIQUE INDEX records_cn ON records(cn);
+                    CREATE UNIQUE INDEX records_serial ON records(serial_hex);
+                    CREATE UNIQUE INDEX records_cert ON records(cert_sha256);
+                    CREATE UNIQUE INDEX records_pubkey ON records(pubkey_sha256);
+                    CREATE INDEX records_profile ON records(profile, seq);
+                    CREATE TABLE events (
+                        seq INTEGER PRIMARY KEY,
+                        kind TEXT NOT NULL,
+                        record_seq INTEGER REFERENCES records(seq),
+                        cn TEXT,
+                        detail TEXT NOT NULL,
+                        station_id TEXT NOT NULL,
+                        operator TEXT NOT NULL,
+                        at INTEGER NOT NULL,
+                        prev_hash TEXT NOT NULL,
+                        hash TEXT NOT NULL
+                    );
+                    CREATE INDEX events_record ON events(record_seq, seq);
+                    CREATE TRIGGER records_no_delete BEFORE DELETE ON records
+                    BEGIN SELECT RAISE(ABORT, 'keyline ledger: records are append-only'); END;
+                    CREATE TRIGGER records_no_rewrite BEFORE UPDATE ON records
+                    WHEN NEW.seq IS NOT OLD.seq OR NEW.cn IS NOT OLD.cn OR NEW.serial_hex IS NOT OLD.serial_hex
+                      OR NEW.cert_sha256 IS NOT OLD.cert_sha256 OR NEW.pubkey_sha256 IS NOT OLD.pubkey_sha256
+                      OR NEW.ca_sha256 IS NOT OLD.ca_sha256 OR NEW.ca_name IS NOT OLD.ca_name OR NEW.profile IS NOT OLD.profile
+                      OR NEW.station_id IS NOT OLD.station_id OR NEW.operator IS NOT OLD.operator
+                      OR NEW.key_origin IS NOT OLD.key_origin OR NEW.hardware_id IS NOT OLD.hardware_id
+                      OR NEW.work_order IS NOT OLD.work_order OR NEW.not_before IS NOT OLD.not_before
+                      OR NEW.not_after IS NOT OLD.not_after OR NEW.cert_der IS NOT OLD.cert_der
+                      OR NEW.created_at IS NOT OLD.created_at OR NEW.prev_hash IS NOT OLD.prev_hash OR NEW.hash IS NOT OLD.hash
+                    BEGIN SELECT RAISE(ABORT, 'keyline ledger: only a record''s state may change'); END;
+                    CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+                    BEGIN SELECT RAISE(ABORT, 'keyline ledger: events are append-only'); END;
+                    CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+                    BEGIN SELECT RAISE(ABORT, 'keyline ledger: events are append-only'); END;
+                    """)
         }
         return m
     }
@@ -111,15 +113,21 @@ public final class SQLiteLedger: Ledger {
 
     // MARK: - Ledger
 
-    public func issue(_ reservation: Reservation, sign: (Reservation) throws -> RecordContent) async throws -> LedgerRecord {
+    public func issue(
+        _ reservation: Reservation, sign: (Reservation) throws -> RecordContent
+    ) async throws -> LedgerRecord {
         try issueSync([reservation], sign: sign)[0]
     }
 
-    public func issueBatch(_ reservations: [Reservation], sign: (Reservation) throws -> RecordContent) async throws -> [LedgerRecord] {
+    public func issueBatch(
+        _ reservations: [Reservation], sign: (Reservation) throws -> RecordContent
+    ) async throws -> [LedgerRecord] {
         try issueSync(reservations, sign: sign)
     }
 
-    private func issueSync(_ reservations: [Reservation], sign: (Reservation) throws -> RecordContent) throws -> [LedgerRecord] {
+    private func issueSync(
+        _ reservations: [Reservation], sign: (Reservation) throws -> RecordContent
+    ) throws -> [LedgerRecord] {
         var refusal: (reservation: Reservation, error: KeylineError)?
         var out: [LedgerRecord] = []
         try guarded("committing to the ledger") {
@@ -139,14 +147,16 @@ public final class SQLiteLedger: Ledger {
                         }
                         let seq = head.seq + 1
                         let record = LedgerRecord(
-                            seq: seq, content: content, state: .issued, updatedAt: content.createdAt, prevHash: head.hash,
+                            seq: seq, content: content, state: .issued, updatedAt: content.createdAt,
+                            prevHash: head.hash,
                             hash: ChainHash.record(seq: seq, prevHash: head.hash, content: content))
                         try Self.insert(db, record)
                         try Self.insertEvent(
                             db,
                             EventContent(
                                 kind: .issued, recordSeq: seq, cn: r.cn, detail: "serial \(content.serialHex)",
-                                stationID: content.stationID, operatorName: content.operatorName, at: content.createdAt))
+                                stationID: content.stationID, operatorName: content.operatorName, at: content.createdAt)
+                        )
                         head = (seq, record.hash)
                         out.append(record)
                     }
@@ -193,7 +203,9 @@ public final class SQLiteLedger: Ledger {
                     try db.execute(
                         sql: "UPDATE records SET state = ?, updated_at = ? WHERE seq = ?",
                         arguments: [state.rawValue, Timestamp.millis(event.at), recordSeq])
-                    guard db.changesCount == 1 else { throw KeylineError(.dataError, "no record with seq \(recordSeq)") }
+                    guard db.changesCount == 1 else {
+                        throw KeylineError(.dataError, "no record with seq \(recordSeq)")
+                    }
                     try Self.insertEvent(db, event)
                     return .commit
                 }
@@ -203,13 +215,17 @@ public final class SQLiteLedger: Ledger {
 
     public func record(cn: String) async throws -> LedgerRecord? {
         try guarded("reading the ledger") {
-            try dbQueue.read { db in try Row.fetchOne(db, sql: "SELECT * FROM records WHERE cn = ?", arguments: [cn]).map(Self.record) }
+            try dbQueue.read { db in
+                try Row.fetchOne(db, sql: "SELECT * FROM records WHERE cn = ?", arguments: [cn]).map(Self.record)
+            }
         }
     }
 
     public func record(seq: Int64) async throws -> LedgerRecord? {
         try guarded("reading the ledger") {
-            try dbQueue.read { db in try Row.fetchOne(db, sql: "SELECT * FROM records WHERE seq = ?", arguments: [seq]).map(Self.record) }
+            try dbQueue.read { db in
+                try Row.fetchOne(db, sql: "SELECT * FROM records WHERE seq = ?", arguments: [seq]).map(Self.record)
+            }
         }
     }
 
@@ -247,7 +263,9 @@ public final class SQLiteLedger: Ledger {
     }
 
     public func count() async throws -> Int {
-        try guarded("reading the ledger") { try dbQueue.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM records") ?? 0 } }
+        try guarded("reading the ledger") {
+            try dbQueue.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM records") ?? 0 }
+        }
     }
 
     public func verify() async throws -> VerificationReport {
@@ -263,7 +281,9 @@ public final class SQLiteLedger: Ledger {
                         WHERE record_seq IS NOT NULL AND kind IN ('issued', 'delivered', 'failed', 'revoked')
                         ORDER BY record_seq, seq
                         """)
-                var pending: (Int64, EventKind)? = try stateEvents.next().map { ($0[0], EventKind(rawValue: $0[1]) ?? .issued) }
+                var pending: (Int64, EventKind)? = try stateEvents.next().map {
+                    ($0[0], EventKind(rawValue: $0[1]) ?? .issued)
+                }
                 while let row = try records.next() {
                     let record = Self.record(row)
                     var kinds: [EventKind] = []
@@ -293,8 +313,12 @@ public final class SQLiteLedger: Ledger {
         if try Bool.fetchOne(db, sql: "SELECT 1 FROM records WHERE cn = ?", arguments: [r.cn]) != nil {
             return .refused("unique-cn", "CN '\(r.cn)' was already issued")
         }
-        if try Bool.fetchOne(db, sql: "SELECT 1 FROM records WHERE pubkey_sha256 = ?", arguments: [r.publicKeySHA256]) != nil {
-            return .refused("unique-public-key", "public key \(r.publicKeySHA256.prefix(16))… already belongs to another certificate")
+        if try Bool.fetchOne(db, sql: "SELECT 1 FROM records WHERE pubkey_sha256 = ?", arguments: [r.publicKeySHA256])
+            != nil
+        {
+            return .refused(
+                "unique-public-key",
+                "public key \(r.publicKeySHA256.prefix(16))… already belongs to another certificate")
         }
         return nil
     }
@@ -309,8 +333,10 @@ public final class SQLiteLedger: Ledger {
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """,
             arguments: [
-                r.seq, c.cn, c.serialHex, c.certificateFingerprint, c.publicKeySHA256, c.caFingerprint, c.caName, c.profile,
-                c.stationID, c.operatorName, c.keyOrigin.rawValue, c.hardwareID, c.workOrder, Timestamp.seconds(c.notBefore),
+                r.seq, c.cn, c.serialHex, c.certificateFingerprint, c.publicKeySHA256, c.caFingerprint, c.caName,
+                c.profile,
+                c.stationID, c.operatorName, c.keyOrigin.rawValue, c.hardwareID, c.workOrder,
+                Timestamp.seconds(c.notBefore),
                 Timestamp.seconds(c.notAfter), Data(c.certificateDER), r.state.rawValue, Timestamp.millis(c.createdAt),
                 Timestamp.millis(r.updatedAt), r.prevHash, r.hash,
             ])
@@ -321,7 +347,9 @@ public final class SQLiteLedger: Ledger {
         let head = try Row.fetchOne(db, sql: "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
         let seq: Int64 = (head?[0] ?? 0) + 1
         let prev: String = head?[1] ?? LedgerRecord.genesisHash
-        let event = LedgerEvent(seq: seq, content: content, prevHash: prev, hash: ChainHash.event(seq: seq, prevHash: prev, content: content))
+        let event = LedgerEvent(
+            seq: seq, content: content, prevHash: prev,
+            hash: ChainHash.event(seq: seq, prevHash: prev, content: content))
         try db.execute(
             sql: """
                 INSERT INTO events (seq, kind, record_seq, cn, detail, station_id, operator, at, prev_hash, hash)
@@ -372,12 +400,15 @@ public final class SQLiteLedger: Ledger {
     static func map(_ error: DatabaseError, context: String) -> KeylineError {
         let what = "\(context): \(error.message ?? "\(error.resultCode)")"
         switch error.resultCode {
-        case .SQLITE_BUSY, .SQLITE_LOCKED: return KeylineError(.temporaryFailure, "ledger is locked by another process, try again (\(what))")
+        case .SQLITE_BUSY, .SQLITE_LOCKED:
+            return KeylineError(.temporaryFailure, "ledger is locked by another process, try again (\(what))")
         case .SQLITE_FULL: return KeylineError(.ioError, "disk full (\(what))")
         case .SQLITE_IOERR, .SQLITE_READONLY: return KeylineError(.ioError, what)
         case .SQLITE_CANTOPEN, .SQLITE_NOTADB, .SQLITE_CORRUPT, .SQLITE_PERM, .SQLITE_AUTH:
             return KeylineError(.unavailable, what)
-        case .SQLITE_CONSTRAINT: return KeylineError(.policyRefusal, "ledger constraint refused the write (\(what))", rule: "ledger-constraint")
+        case .SQLITE_CONSTRAINT:
+            return KeylineError(
+                .policyRefusal, "ledger constraint refused the write (\(what))", rule: "ledger-constraint")
         default: return KeylineError(.internalError, what)
         }
     }

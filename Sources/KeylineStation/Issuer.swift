@@ -38,13 +38,15 @@ public struct Issuer: Sendable {
     }
 
     /// Refuses `error` on the record: appends a `refused` event (the only trace a refusal leaves) and rethrows.
-    func refuse(_ error: KeylineError, cn: String?) async throws -> Never {
+    public func refuse(_ error: KeylineError, cn: String?) async throws -> Never {
         _ = try? await station.ledger.recordRefusal(cn: cn, reason: error.reason, operatorName: operatorName, at: now())
         throw error
     }
 
     /// Signs one CSR (PEM or DER bytes). Refusals are recorded as events and thrown.
-    public func sign(csrBytes: [UInt8], hardwareID: String? = nil, workOrder: String? = nil) async throws -> IssuedCertificate {
+    public func sign(
+        csrBytes: [UInt8], hardwareID: String? = nil, workOrder: String? = nil
+    ) async throws -> IssuedCertificate {
         let csr: CSRInput
         do {
             csr = try CSRInput(bytes: csrBytes)
@@ -55,10 +57,11 @@ public struct Issuer: Sendable {
         switch policy.evaluate(csr) {
         case .success(let value): accepted = value
         case .failure(let error):
-            let cn = csr.parsed.flatMap { try? IssuancePolicy.commonName(of: $0.subject).get() }
-            try await refuse(error, cn: cn)
+            try await refuse(error, cn: csr.claimedCN)
         }
-        return try await issue(cn: accepted.cn, publicKey: accepted.publicKey, origin: .device, hardwareID: hardwareID, workOrder: workOrder)
+        return try await issue(
+            cn: accepted.cn, publicKey: accepted.publicKey, origin: .device, hardwareID: hardwareID,
+            workOrder: workOrder)
     }
 
     /// Checks a station-chosen CN against the profile; refusals are recorded and thrown.
@@ -70,20 +73,25 @@ public struct Issuer: Sendable {
 
     /// Reserve → sign → commit one certificate for a public key that passed the policy.
     public func issue(
-        cn: String, publicKey: Certificate.PublicKey, origin: KeyOrigin, hardwareID: String? = nil, workOrder: String? = nil
+        cn: String, publicKey: Certificate.PublicKey, origin: KeyOrigin, hardwareID: String? = nil,
+        workOrder: String? = nil
     ) async throws -> IssuedCertificate {
-        let reservation = Reservation(cn: cn, publicKeySHA256: CertificateFactory.publicKeyFingerprint(publicKey), operatorName: operatorName)
+        let reservation = Reservation(
+            cn: cn, publicKeySHA256: CertificateFactory.publicKeyFingerprint(publicKey), operatorName: operatorName)
         let at = now()
         let validity: (notBefore: Date, notAfter: Date)
         switch CertificateFactory.leafValidity(
-            now: at, validityDays: profile.validityDays, minValidityDays: profile.minValidityDays, ca: loaded.ca.certificate)
+            now: at, validityDays: profile.validityDays, minValidityDays: profile.minValidityDays,
+            ca: loaded.ca.certificate)
         {
         case .success(let v): validity = v
         case .failure(let error): try await refuse(error, cn: cn)
         }
         var built: Certificate?
         let record = try await station.ledger.issue(reservation) { r in
-            let (content, cert) = try makeContent(r, publicKey: publicKey, origin: origin, hardwareID: hardwareID, workOrder: workOrder, at: at, validity: validity)
+            let (content, cert) = try makeContent(
+                r, publicKey: publicKey, origin: origin, hardwareID: hardwareID, workOrder: workOrder, at: at,
+                validity: validity)
             built = cert
             return content
         }
@@ -98,7 +106,8 @@ public struct Issuer: Sendable {
         let at = now()
         let validity: (notBefore: Date, notAfter: Date)
         switch CertificateFactory.leafValidity(
-            now: at, validityDays: profile.validityDays, minValidityDays: profile.minValidityDays, ca: loaded.ca.certificate)
+            now: at, validityDays: profile.validityDays, minValidityDays: profile.minValidityDays,
+            ca: loaded.ca.certificate)
         {
         case .success(let v): validity = v
         case .failure(let error): try await refuse(error, cn: items.first?.cn)
@@ -106,11 +115,15 @@ public struct Issuer: Sendable {
         var keys: [String: Certificate.PublicKey] = [:]
         for item in items { keys[item.cn] = item.publicKey }
         let reservations = items.map {
-            Reservation(cn: $0.cn, publicKeySHA256: CertificateFactory.publicKeyFingerprint($0.publicKey), operatorName: operatorName)
+            Reservation(
+                cn: $0.cn, publicKeySHA256: CertificateFactory.publicKeyFingerprint($0.publicKey),
+                operatorName: operatorName)
         }
         var built: [String: Certificate] = [:]
         let records = try await station.ledger.issueBatch(reservations) { r in
-            let (content, cert) = try makeContent(r, publicKey: keys[r.cn]!, origin: origin, hardwareID: nil, workOrder: workOrder, at: at, validity: validity)
+            let (content, cert) = try makeContent(
+                r, publicKey: keys[r.cn]!, origin: origin, hardwareID: nil, workOrder: workOrder, at: at,
+                validity: validity)
             built[r.cn] = cert
             return content
         }
@@ -121,7 +134,8 @@ public struct Issuer: Sendable {
     }
 
     private func makeContent(
-        _ r: Reservation, publicKey: Certificate.PublicKey, origin: KeyOrigin, hardwareID: String?, workOrder: String?, at: Date,
+        _ r: Reservation, publicKey: Certificate.PublicKey, origin: KeyOrigin, hardwareID: String?, workOrder: String?,
+        at: Date,
         validity: (notBefore: Date, notAfter: Date)
     ) throws -> (RecordContent, Certificate) {
         let serial = try CertificateFactory.serial(fromRandom: randomBytes(20))
@@ -141,7 +155,8 @@ public struct Issuer: Sendable {
     /// The PEM of the issuing CA and the certificates above it, nearest first (for `--chain` and `CN.chain.pem`).
     public var chainPEM: String {
         get throws {
-            try ([loaded.ca.certificate] + loaded.ca.chain).map { try $0.serializeAsPEM().pemString }.joined(separator: "\n") + "\n"
+            try ([loaded.ca.certificate] + loaded.ca.chain).map { try $0.serializeAsPEM().pemString }.joined(
+                separator: "\n") + "\n"
         }
     }
 }

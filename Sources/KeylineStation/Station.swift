@@ -12,7 +12,9 @@ public struct Station: Sendable {
     public var ledger: any Ledger
 
     /// Finds the station directory: `--station`, else `KEYLINE_STATION`, else the current directory.
-    public static func locate(explicit: String?, environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+    public static func locate(
+        explicit: String?, environment: [String: String] = ProcessInfo.processInfo.environment
+    ) -> String {
         if let explicit, !explicit.isEmpty { return explicit }
         if let env = environment["KEYLINE_STATION"], !env.isEmpty { return env }
         return FileManager.default.currentDirectoryPath
@@ -23,6 +25,9 @@ public struct Station: Sendable {
         let config = try StationConfig.load(directory: directory)
         return Station(config: config, ledger: try openLedger(config))
     }
+
+    /// What every command warns about for this configuration (a CA key allowed to be unencrypted).
+    public var warnings: [String] { config.warnings }
 
     static func openLedger(_ config: StationConfig, create: Bool = false) throws -> any Ledger {
         switch config.ledger {
@@ -35,8 +40,6 @@ public struct Station: Sendable {
 public struct LoadedCA: Sendable {
     public var ca: IssuingCA
     public var signer: Certificate.PrivateKey
-    /// Warnings every command prints (an unencrypted key allowed for development).
-    public var warnings: [String]
 }
 
 /// Reading CA certificates and opening CA keys, with every check the key guard promises.
@@ -74,47 +77,47 @@ public enum CALoader {
     /// certificate and that the CA is valid. Every refusal is ``KeylineError/Code/keyGuard`` with the path and fix.
     public static func load(_ c: CAConfig, passphrases: PassphraseSources, now: Date) throws -> LoadedCA {
         guard c.status == .active else {
-            throw KeylineError(.configuration, "CA '\(c.name)' is retired and signs nothing more; switch the profile to an active CA")
+            throw KeylineError(
+                .configuration, "CA '\(c.name)' is retired and signs nothing more; switch the profile to an active CA")
         }
         let ca = try certificateOnly(c)
         let verdict = IssuingCA.checkIsCA(ca.certificate)
         if case .refuse(_, let reason) = verdict {
             throw KeylineError(.dataError, "CA '\(c.name)' certificate \(c.cert): \(reason)")
         }
-        let (signer, warnings) = try openKey(path: c.key, allowUnencrypted: c.allowUnencryptedKey, caName: c.name, passphrases: passphrases)
+        let signer = try openKey(path: c.key, allowUnencrypted: c.allowUnencryptedKey, passphrases: passphrases)
         try checkMatch(signer, ca.certificate, keyPath: c.key, certPath: c.cert)
         if case .refuse(_, let reason) = ca.checkValidity(at: now) {
             throw KeylineError(.keyGuard, "\(reason) (\(c.cert)); import a valid CA or switch the profile")
         }
-        return LoadedCA(ca: ca, signer: signer, warnings: warnings)
+        return LoadedCA(ca: ca, signer: signer)
     }
 
-    /// Opens a key file through the guard; returns the key and any warning to print.
+    /// Opens a key file through the guard.
     public static func openKey(
-        path: String, allowUnencrypted: Bool, caName: String, passphrases: PassphraseSources
-    ) throws -> (Certificate.PrivateKey, [String]) {
+        path: String, allowUnencrypted: Bool, passphrases: PassphraseSources
+    ) throws -> Certificate.PrivateKey {
         let pem = try FileGuard.readSecretFile(path, what: "CA key")
-        var warnings: [String] = []
-        let key: Certificate.PrivateKey
         if PrivateKeyFile.protection(of: pem) == .unencrypted {
             guard allowUnencrypted else {
                 throw KeylineError(
                     .keyGuard,
-                    "CA key \(path) is not encrypted; encrypt it (openssl pkcs8 -topk8 -v2 aes-256-cbc) or set allow_unencrypted_key = true for development only")
+                    "CA key \(path) is not encrypted; encrypt it (openssl pkcs8 -topk8 -v2 aes-256-cbc) or set allow_unencrypted_key = true for development only"
+                )
             }
-            warnings.append("CA '\(caName)' key \(path) is NOT encrypted (allow_unencrypted_key = true): development use only")
-            key = try PrivateKeyFile.open(pem: pem, passphrase: nil, path: path)
-        } else {
-            let passphrase = try passphrases.resolve(for: path)
-            key = try PrivateKeyFile.open(pem: pem, passphrase: passphrase, path: path)
+            return try PrivateKeyFile.open(pem: pem, passphrase: nil, path: path)
         }
-        return (key, warnings)
+        return try PrivateKeyFile.open(pem: pem, passphrase: try passphrases.resolve(for: path), path: path)
     }
 
     /// Refuses a key that does not belong to the certificate.
-    public static func checkMatch(_ key: Certificate.PrivateKey, _ cert: Certificate, keyPath: String, certPath: String) throws {
+    public static func checkMatch(
+        _ key: Certificate.PrivateKey, _ cert: Certificate, keyPath: String, certPath: String
+    ) throws {
         guard key.publicKey == cert.publicKey else {
-            throw KeylineError(.keyGuard, "CA key \(keyPath) does not match certificate \(certPath); check which key belongs to this CA")
+            throw KeylineError(
+                .keyGuard,
+                "CA key \(keyPath) does not match certificate \(certPath); check which key belongs to this CA")
         }
     }
 }

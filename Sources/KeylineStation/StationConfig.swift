@@ -54,7 +54,9 @@ public struct StationConfig: Sendable {
                 throw KeylineError(.ioError, "cannot read \(path)")
             }
             throw KeylineError(
-                .configuration, "no station at \(directory): \(fileName) not found (use --station DIR, set KEYLINE_STATION, or run 'keyline init DIR')")
+                .configuration,
+                "no station at \(directory): \(fileName) not found (use --station DIR, set KEYLINE_STATION, or run 'keyline init DIR')"
+            )
         }
         return try parse(String(decoding: data, as: UTF8.self), directory: directory)
     }
@@ -86,18 +88,25 @@ public struct StationConfig: Sendable {
             guard !p.isEmpty else { throw KeylineError(.configuration, "\(fileName): ledger 'sqlite:' names no file") }
             ledger = .sqlite(path: resolve(p, in: dir))
         } else if ledgerText.hasPrefix("postgres://") || ledgerText.hasPrefix("postgresql://") {
-            throw KeylineError(.configuration, "\(fileName): PostgreSQL ledgers are not supported by this build yet; use ledger = \"sqlite:PATH\"")
+            throw KeylineError(
+                .configuration,
+                "\(fileName): PostgreSQL ledgers are not supported by this build yet; use ledger = \"sqlite:PATH\"")
         } else {
-            throw KeylineError(.configuration, "\(fileName): ledger '\(ledgerText)' must look like \"sqlite:ledger.sqlite\"")
+            throw KeylineError(
+                .configuration, "\(fileName): ledger '\(ledgerText)' must look like \"sqlite:ledger.sqlite\"")
         }
 
         var cas: [String: CAConfig] = [:]
         for name in casTable?.keys ?? [] {
-            guard let t = casTable?[name]?.table else { throw KeylineError(.configuration, "\(fileName): [cas.\(name)] must be a table") }
+            guard let t = casTable?[name]?.table else {
+                throw KeylineError(.configuration, "\(fileName): [cas.\(name)] must be a table")
+            }
             var s = Section(table: t, name: "[cas.\(name)]")
             let statusText = try s.string("status") ?? "active"
             guard let status = CAStatus(rawValue: statusText) else {
-                throw KeylineError(.configuration, "\(fileName): [cas.\(name)] status '\(statusText)' must be \"active\" or \"retired\"")
+                throw KeylineError(
+                    .configuration,
+                    "\(fileName): [cas.\(name)] status '\(statusText)' must be \"active\" or \"retired\"")
             }
             cas[name] = CAConfig(
                 name: name,
@@ -118,18 +127,24 @@ public struct StationConfig: Sendable {
             var s = Section(table: t, name: "[profiles.\(name)]")
             let caName = try s.requiredString("ca")
             guard cas[caName] != nil else {
-                throw KeylineError(.configuration, "\(fileName): [profiles.\(name)] uses CA '\(caName)', which has no [cas.\(caName)] section")
+                throw KeylineError(
+                    .configuration,
+                    "\(fileName): [profiles.\(name)] uses CA '\(caName)', which has no [cas.\(caName)] section")
             }
             var keyTypes: Set<AllowedKeyType> = [.p256]
             if let list = try s.stringArray("key_types") {
                 keyTypes = []
                 for item in list {
                     guard let k = AllowedKeyType(rawValue: item) else {
-                        throw KeylineError(.configuration, "\(fileName): [profiles.\(name)] key_types entry '\(item)' must be one of p256, p384, rsa")
+                        throw KeylineError(
+                            .configuration,
+                            "\(fileName): [profiles.\(name)] key_types entry '\(item)' must be one of p256, p384, rsa")
                     }
                     keyTypes.insert(k)
                 }
-                guard !keyTypes.isEmpty else { throw KeylineError(.configuration, "\(fileName): [profiles.\(name)] key_types is empty") }
+                guard !keyTypes.isEmpty else {
+                    throw KeylineError(.configuration, "\(fileName): [profiles.\(name)] key_types is empty")
+                }
             }
             let profile = Profile(
                 name: name,
@@ -142,9 +157,13 @@ public struct StationConfig: Sendable {
                 organization: try s.string("organization"),
                 organizationalUnit: try s.string("organizational_unit"))
             try s.refuseUnknown()
-            guard profile.validityDays > 0, profile.minValidityDays >= 0, profile.minValidityDays <= profile.validityDays else {
+            guard profile.validityDays > 0, profile.minValidityDays >= 0,
+                profile.minValidityDays <= profile.validityDays
+            else {
                 throw KeylineError(
-                    .configuration, "\(fileName): [profiles.\(name)] needs validity_days > 0 and 0 <= min_validity_days <= validity_days")
+                    .configuration,
+                    "\(fileName): [profiles.\(name)] needs validity_days > 0 and 0 <= min_validity_days <= validity_days"
+                )
             }
             guard profile.rsaMinBits >= 2048 else {
                 throw KeylineError(.configuration, "\(fileName): [profiles.\(name)] rsa_min_bits must be at least 2048")
@@ -153,8 +172,16 @@ public struct StationConfig: Sendable {
             profiles[name] = profile
         }
         return StationConfig(
-            directory: dir, stationID: stationID, ledger: ledger, operatorName: operatorName, caExpiryWarningDays: warnDays,
+            directory: dir, stationID: stationID, ledger: ledger, operatorName: operatorName,
+            caExpiryWarningDays: warnDays,
             cas: cas, profiles: profiles)
+    }
+
+    /// Warnings for a configuration that is allowed but unsafe: a CA whose key may be unencrypted.
+    public var warnings: [String] {
+        cas.values.filter(\.allowUnencryptedKey).map(\.name).sorted().map {
+            "CA '\($0)' allows an unencrypted key (allow_unencrypted_key = true): development use only"
+        }
     }
 
     /// The named profile, or `default`; throws ``KeylineError/Code/configuration`` naming the ones that exist.
@@ -162,7 +189,9 @@ public struct StationConfig: Sendable {
         let wanted = name ?? "default"
         guard let p = profiles[wanted] else {
             let known = profiles.keys.sorted().joined(separator: ", ")
-            throw KeylineError(.configuration, "no profile '\(wanted)' in \(Self.fileName) (profiles: \(known.isEmpty ? "none" : known))")
+            throw KeylineError(
+                .configuration,
+                "no profile '\(wanted)' in \(Self.fileName) (profiles: \(known.isEmpty ? "none" : known))")
         }
         return p
     }

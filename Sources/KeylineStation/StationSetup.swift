@@ -7,7 +7,7 @@ import SwiftASN1
 import X509
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `keyline init` and `keyline ca import`: making a station and adding CAs to it.
@@ -27,15 +27,18 @@ public enum StationSetup {
         let fm = FileManager.default
         let dir = (directory as NSString).standardizingPath
         let configPath = (dir as NSString).appendingPathComponent(StationConfig.fileName)
-        for existing in [configPath, (dir as NSString).appendingPathComponent("ledger.sqlite")] where fm.fileExists(atPath: existing) {
+        for existing in [configPath, (dir as NSString).appendingPathComponent("ledger.sqlite")]
+        where fm.fileExists(atPath: existing) {
             throw KeylineError(.usage, "\(dir) is already a station (\(existing) exists); refusing to touch it")
         }
         let caDir = (dir as NSString).appendingPathComponent("ca/dev")
         let secretsDir = (dir as NSString).appendingPathComponent("secrets")
         do {
             try fm.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            try fm.createDirectory(atPath: caDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-            try fm.createDirectory(atPath: secretsDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            try fm.createDirectory(
+                atPath: caDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            try fm.createDirectory(
+                atPath: secretsDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
             chmod((dir as NSString).appendingPathComponent("ca"), 0o755)
             chmod(dir, 0o755)
         } catch {
@@ -46,7 +49,9 @@ public enum StationSetup {
         let passphrase = Passphrase(bytes: PassphraseSources.generate(), source: "new passphrase")
         let encryptedKey = try PrivateKeyFile.encryptedPEM(pkcs8: try dev.issuingKey.pkcs8DER, passphrase: passphrase)
 
-        try SafeFile.write(Array(passphrase.bytes) + [UInt8(ascii: "\n")], to: "\(secretsDir)/dev.passphrase", mode: 0o600, exclusive: true)
+        try SafeFile.write(
+            Array(passphrase.bytes) + [UInt8(ascii: "\n")], to: "\(secretsDir)/dev.passphrase", mode: 0o600,
+            exclusive: true)
         try SafeFile.write(encryptedKey, to: "\(caDir)/ca.key", mode: 0o600, exclusive: true)
         try SafeFile.write(try dev.issuing.serializeAsPEM().pemString + "\n", to: "\(caDir)/ca.pem", exclusive: true)
         try SafeFile.write(try dev.root.serializeAsPEM().pemString + "\n", to: "\(caDir)/root.pem", exclusive: true)
@@ -54,21 +59,23 @@ public enum StationSetup {
         let config = StationTemplate.render(stationID: stationID)
         // Parse what we are about to write, so a template mistake can never produce a broken station.
         _ = try StationConfig.parse(config, directory: dir)
-        let ledger = try SQLiteLedger(path: (dir as NSString).appendingPathComponent("ledger.sqlite"), stationID: stationID, create: true)
+        let ledger = try SQLiteLedger(
+            path: (dir as NSString).appendingPathComponent("ledger.sqlite"), stationID: stationID, create: true)
         try SafeFile.write(config, to: configPath, mode: 0o644, exclusive: true)
         let issuing = try IssuingCA(name: "dev", certificate: dev.issuing, chain: [dev.root])
         let event = EventContent(
             kind: .stationInitialized, recordSeq: nil, cn: nil, detail: "development CA 'dev' \(issuing.fingerprint)",
             stationID: stationID, operatorName: "", at: now)
         try await ledger.appendEvent(event)
-        return InitResult(directory: dir, stationID: stationID, caFingerprint: issuing.fingerprint, caNotAfter: dev.issuing.notValidAfter)
+        return InitResult(
+            directory: dir, stationID: stationID, caFingerprint: issuing.fingerprint,
+            caNotAfter: dev.issuing.notValidAfter)
     }
 
     /// What `ca import` checked and wrote.
     public struct ImportResult: Sendable {
         public var name: String
         public var fingerprint: String
-        public var warnings: [String]
     }
 
     /// Imports a CA made elsewhere into `station`: checks it, copies its files under `ca/NAME/` and appends a
@@ -93,9 +100,11 @@ public enum StationSetup {
         let absPassFile = passphraseFile.map { ($0 as NSString).standardizingPath }.map {
             $0.hasPrefix("/") ? $0 : (FileManager.default.currentDirectoryPath as NSString).appendingPathComponent($0)
         }
-        let (key, warnings) = try CALoader.openKey(
-            path: keyPath, allowUnencrypted: allowUnencrypted, caName: name,
-            passphrases: PassphraseSources(explicitFile: absPassFile, allowPrompt: true))
+        let key = try CALoader.openKey(
+            path: keyPath, allowUnencrypted: allowUnencrypted,
+            passphrases: PassphraseSources(
+                explicitFile: absPassFile, credentialsDirectory: ProcessInfo.processInfo.environment["CREDENTIALS_DIRECTORY"],
+                allowPrompt: true))
         try CALoader.checkMatch(key, cert, keyPath: keyPath, certPath: certPath)
         let issuing = try IssuingCA(name: name, certificate: cert, chain: chain)
         if case .refuse(_, let reason) = issuing.checkValidity(at: now) {
@@ -105,7 +114,8 @@ public enum StationSetup {
         let dir = station.config.directory
         let caDir = "\(dir)/ca/\(name)"
         do {
-            try FileManager.default.createDirectory(atPath: caDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            try FileManager.default.createDirectory(
+                atPath: caDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         } catch {
             throw KeylineError(.ioError, "cannot create \(caDir): \(error.localizedDescription)")
         }
@@ -115,7 +125,9 @@ public enum StationSetup {
         var section = "\n[cas.\(name)]\n# Imported \(Timestamp.iso(now)); SHA-256 \(issuing.fingerprint)\n"
         section += "cert = \"ca/\(name)/ca.pem\"\nkey = \"ca/\(name)/ca.key\"\n"
         if !chain.isEmpty {
-            try SafeFile.write(try chain.map { try $0.serializeAsPEM().pemString }.joined(separator: "\n") + "\n", to: "\(caDir)/chain.pem", exclusive: true)
+            try SafeFile.write(
+                try chain.map { try $0.serializeAsPEM().pemString }.joined(separator: "\n") + "\n",
+                to: "\(caDir)/chain.pem", exclusive: true)
             section += "chain = \"ca/\(name)/chain.pem\"\n"
         }
         if let absPassFile { section += "passphrase_file = \"\(absPassFile)\"\n" }
@@ -124,7 +136,9 @@ public enum StationSetup {
             section += "allow_unencrypted_key = true  # development only: every command warns\n"
         }
         let configPath = "\(dir)/\(StationConfig.fileName)"
-        guard let old = FileManager.default.contents(atPath: configPath) else { throw KeylineError(.ioError, "cannot read \(configPath)") }
+        guard let old = FileManager.default.contents(atPath: configPath) else {
+            throw KeylineError(.ioError, "cannot read \(configPath)")
+        }
         var text = String(decoding: old, as: UTF8.self)
         if !text.hasSuffix("\n") { text += "\n" }
         text += section
@@ -134,7 +148,7 @@ public enum StationSetup {
             EventContent(
                 kind: .caImported, recordSeq: nil, cn: nil, detail: "CA '\(name)' \(issuing.fingerprint)",
                 stationID: station.config.stationID, operatorName: "", at: now))
-        return ImportResult(name: name, fingerprint: issuing.fingerprint, warnings: warnings)
+        return ImportResult(name: name, fingerprint: issuing.fingerprint)
     }
 }
 
@@ -165,10 +179,12 @@ enum DevCA {
         }
         let root = try CertificateFactory.caCertificate(
             subject: rootName, publicKey: rootKey.publicKey, pathLength: nil, notBefore: start,
-            notAfter: start.addingTimeInterval(20 * 365.25 * 86400), serial: try serial(), issuer: nil, selfKey: rootKey)
+            notAfter: start.addingTimeInterval(20 * 365.25 * 86400), serial: try serial(), issuer: nil, selfKey: rootKey
+        )
         let issuing = try CertificateFactory.caCertificate(
             subject: issuingName, publicKey: issuingKey.publicKey, pathLength: 0, notBefore: start,
-            notAfter: start.addingTimeInterval(10 * 365.25 * 86400), serial: try serial(), issuer: (root, rootKey), selfKey: issuingKey)
+            notAfter: start.addingTimeInterval(10 * 365.25 * 86400), serial: try serial(), issuer: (root, rootKey),
+            selfKey: issuingKey)
         return Material(root: root, issuing: issuing, issuingKey: issuingKey)
     }
 }

@@ -8,12 +8,12 @@ struct InitCommand: AsyncParsableCommand {
         commandName: "init",
         abstract: "Create a working station directory with a development CA.",
         discussion: """
-            Makes DIR/station.toml (commented), a development CA named 'dev' (a P-256 root and an issuing CA with
-            pathlen:0; the root key is discarded), the issuing key as encrypted PKCS#8 (mode 0600) with a random
-            passphrase in DIR/secrets/dev.passphrase (mode 0600), a profile 'default', and an empty ledger.
+            Makes DIR/station.toml (commented), a development CA named 'dev' (a P-256 root and an issuing CA with \
+            pathlen:0; the root key is discarded), the issuing key as encrypted PKCS#8 (mode 0600) with a random \
+            passphrase in DIR/secrets/dev.passphrase (mode 0600), a profile 'default', and an empty ledger. \
             Refuses (exit 64) to touch a directory that already holds a station.
 
-            The development CA is for trying Keyline out. For production, import your factory CA with
+            The development CA is for trying Keyline out. For production, import your factory CA with \
             'keyline ca import' and point the profile at it.
             """
     )

@@ -8,7 +8,7 @@ import KeylineStation
 import X509
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 struct IssueCommand: AsyncParsableCommand {
@@ -16,12 +16,12 @@ struct IssueCommand: AsyncParsableCommand {
         commandName: "issue",
         abstract: "Make device keypairs on the station and issue their certificates.",
         discussion: """
-            For each CN, makes a P-256 keypair and issues its certificate under the profile's policy, then writes
-            OUT/<CN>.key (PKCS#8 PEM, mode 0600), OUT/<CN>.pem and OUT/<CN>.chain.pem (leaf, issuing CA, root), and
+            For each CN, makes a P-256 keypair and issues its certificate under the profile's policy, then writes \
+            OUT/<CN>.key (PKCS#8 PEM, mode 0600), OUT/<CN>.pem and OUT/<CN>.chain.pem (leaf, issuing CA, root), and \
             OUT/index.csv. The private key is never stored in the ledger or logged.
 
-            Batches (--count) commit in chunks, all or nothing per chunk, and resume: run the same command again after
-            an interruption and the CNs already complete are skipped. Keys of a chunk are staged as <CN>.key.partial
+            Batches (--count) commit in chunks, all or nothing per chunk, and resume: run the same command again after \
+            an interruption and the CNs already complete are skipped. Keys of a chunk are staged as <CN>.key.partial \
             and flushed before the chunk commits, so a committed certificate never loses its key to a crash.
 
             Examples:
@@ -38,7 +38,8 @@ struct IssueCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Output directory.", valueName: "DIR")) var out: String
     @Option(name: .long, help: "Certificates committed per transaction.") var chunk: Int = 500
     @Option(name: .long, help: "Issuance profile (default: 'default').") var profile: String?
-    @Option(name: .long, help: ArgumentHelp("File holding the CA key's passphrase (mode 0600).", valueName: "FILE")) var passphraseFile: String?
+    @Option(name: .long, help: ArgumentHelp("File holding the CA key's passphrase (mode 0600).", valueName: "FILE"))
+    var passphraseFile: String?
     @Option(name: .long, help: "Operator recorded with each certificate.") var `operator`: String?
 
     func validate() throws {
@@ -60,8 +61,13 @@ struct IssueCommand: AsyncParsableCommand {
                 let template = try CNTemplate(cnTemplate)
                 names = (start..<(start + count)).map(template.render)
             }
-            let station = try Station.open(directory: Station.locate(explicit: options.station))
-            let issuer = try await openIssuer(station: station, profileName: profile, passphraseFile: passphraseFile, operatorOption: `operator`)
+            let station = try options.openStation()
+            let issuer = try await openIssuer(
+                station: station, profileName: profile, passphraseFile: passphraseFile, operatorOption: `operator`)
+            // The station makes P-256 keys; a profile that does not allow them must not get them.
+            if case .refuse(let rule, let reason) = issuer.policy.checkKey(.ecP256) {
+                try await issuer.refuse(.refused(rule, "station-made keys are P-256: " + reason), cn: names.first)
+            }
             try createDirectory(out)
             let batch = BatchWriter(directory: out, chainPEM: try issuer.chainPEM)
 
@@ -75,8 +81,11 @@ struct IssueCommand: AsyncParsableCommand {
                         skipped += 1
                         continue
                     }
-                    let error = KeylineError.refused("unique-cn", "CN '\(cn)' was already issued (ledger seq \(record.seq)) and its key is not in \(out)")
-                    _ = try? await station.ledger.recordRefusal(cn: cn, reason: error.reason, operatorName: issuer.operatorName, at: Date())
+                    let error = KeylineError.refused(
+                        "unique-cn",
+                        "CN '\(cn)' was already issued (ledger seq \(record.seq)) and its key is not in \(out)")
+                    _ = try? await station.ledger.recordRefusal(
+                        cn: cn, reason: error.reason, operatorName: issuer.operatorName, at: Date())
                     throw error
                 }
                 todo.append(cn)
@@ -146,11 +155,16 @@ struct BatchWriter {
         let keyPath = fm.fileExists(atPath: path(cn, "key")) ? path(cn, "key") : path(cn, "key.partial")
         guard let keyData = fm.contents(atPath: keyPath),
             let key = try? P256.Signing.PrivateKey(pemRepresentation: String(decoding: keyData, as: UTF8.self)),
-            CertificateFactory.publicKeyFingerprint(Certificate.PublicKey(key.publicKey)) == record.content.publicKeySHA256
+            CertificateFactory.publicKeyFingerprint(Certificate.PublicKey(key.publicKey))
+                == record.content.publicKeySHA256
         else { return false }
         let pem = try Certificate(derEncoded: record.content.certificateDER).serializeAsPEM().pemString
-        if keyPath.hasSuffix(".partial") || !fm.fileExists(atPath: path(cn, "pem")) || !fm.fileExists(atPath: path(cn, "chain.pem")) {
-            if !keyPath.hasSuffix(".partial") { try SafeFile.write(Array(keyData), to: path(cn, "key.partial"), mode: 0o600, durable: false) }
+        if keyPath.hasSuffix(".partial") || !fm.fileExists(atPath: path(cn, "pem"))
+            || !fm.fileExists(atPath: path(cn, "chain.pem"))
+        {
+            if !keyPath.hasSuffix(".partial") {
+                try SafeFile.write(Array(keyData), to: path(cn, "key.partial"), mode: 0o600, durable: false)
+            }
             try complete(cn: cn, pem: pem)
         }
         return true
@@ -161,7 +175,8 @@ struct BatchWriter {
         var csv = "cn,serial,fingerprint,not_after,key_file,cert_file\n"
         for cn in names {
             guard let r = try await ledger.record(cn: cn) else { continue }
-            csv += "\(cn),\(r.content.serialHex),\(r.content.certificateFingerprint),\(Timestamp.iso(r.content.notAfter)),\(cn).key,\(cn).pem\n"
+            csv +=
+                "\(cn),\(r.content.serialHex),\(r.content.certificateFingerprint),\(Timestamp.iso(r.content.notAfter)),\(cn).key,\(cn).pem\n"
         }
         try SafeFile.write(csv, to: (directory as NSString).appendingPathComponent("index.csv"))
     }

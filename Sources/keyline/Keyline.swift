@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KeylineCore
+import KeylineStation
 
 @main
 struct Keyline: AsyncParsableCommand {
@@ -8,7 +9,7 @@ struct Keyline: AsyncParsableCommand {
         commandName: "keyline",
         abstract: "Factory-line certificate signing and pre-enrollment station.",
         discussion: """
-            Signs device CSRs (or makes device keypairs) with a guarded factory CA, and records every certificate in a
+            Signs device CSRs (or makes device keypairs) with a guarded factory CA, and records every certificate in a \
             hash-chained ledger before it leaves the station.
 
             Quick start:
@@ -16,22 +17,52 @@ struct Keyline: AsyncParsableCommand {
               keyline --help sign               # sign device CSRs
               keyline issue --count 10 --cn-template 'SN-{seq:06}' --out ./batch --station ./station
 
-            Exit statuses: 0 ok, 3 policy refusal, 4 ledger integrity failure, 64 usage, 65 bad input data,
-            69 unavailable, 70 internal error, 74 I/O error, 75 temporary failure (retry), 77 key guard refusal,
+            Exit statuses: 0 ok, 3 policy refusal, 4 ledger integrity failure, 64 usage, 65 bad input data, \
+            69 unavailable, 70 internal error, 74 I/O error, 75 temporary failure (retry), 77 key guard refusal, \
             78 configuration error.
             """,
         version: "0.1.0",
         subcommands: [InitCommand.self, CACommand.self, SignCommand.self, IssueCommand.self, LedgerCommand.self]
     )
+
+    /// Runs the command; usage errors get the same one-line `keyline: error:` form as every other failure.
+    static func main() async {
+        do {
+            var command = try await asyncParseAsRoot(nil)
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success || error is ExitCode {
+                exit(withError: error)
+            }
+            let message = self.message(for: error).split(separator: "\n").first.map(String.init) ?? "invalid usage"
+            FileHandle.standardError.write(Data("keyline: error: \(message) (see 'keyline help')\n".utf8))
+            Foundation.exit(code.rawValue)
+        }
+    }
 }
 
 /// Options every station command shares.
 struct StationOptions: ParsableArguments {
-    @Option(name: .long, help: ArgumentHelp("The station directory (default: $KEYLINE_STATION, else the current directory).", valueName: "DIR"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The station directory (default: $KEYLINE_STATION, else the current directory).", valueName: "DIR"))
     var station: String?
 
     @Flag(name: .long, help: "Print more detail with errors.")
     var verbose = false
+
+    /// Opens the station and prints the warnings every command owes its user.
+    func openStation() throws -> Station {
+        let station = try Station.open(directory: Station.locate(explicit: station))
+        station.warnings.forEach(Console.warn)
+        return station
+    }
 }
 
 /// Runs a command body, turning a ``KeylineError`` into one line on stderr and its documented exit status.
@@ -79,5 +110,18 @@ enum Console {
             try c.encode(Timestamp.iso(date))
         }
         out(String(decoding: try encoder.encode(value), as: UTF8.self) + "\n")
+    }
+}
+
+/// Encodes `nil` as JSON `null` instead of leaving the key out, so every record has the same keys.
+@propertyWrapper
+struct Nullable<T: Encodable>: Encodable {
+    var wrappedValue: T?
+
+    init(wrappedValue: T?) { self.wrappedValue = wrappedValue }
+
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        if let wrappedValue { try c.encode(wrappedValue) } else { try c.encodeNil() }
     }
 }

@@ -25,13 +25,13 @@ struct RecordJSON: Encodable {
     var station_id: String
     var `operator`: String
     var key_origin: String
-    var hardware_id: String?
-    var work_order: String?
+    @Nullable var hardware_id: String?
+    @Nullable var work_order: String?
     var not_before: Date
     var not_after: Date
     var state: String
-    var created_at: Date
-    var updated_at: Date
+    var created_at: String
+    var updated_at: String
     var hash: String
 
     init(_ r: LedgerRecord) {
@@ -52,8 +52,8 @@ struct RecordJSON: Encodable {
         not_before = c.notBefore
         not_after = c.notAfter
         state = r.state.rawValue
-        created_at = c.createdAt
-        updated_at = r.updatedAt
+        created_at = Timestamp.isoMillis(c.createdAt)
+        updated_at = Timestamp.isoMillis(r.updatedAt)
         hash = r.hash
     }
 }
@@ -63,8 +63,8 @@ struct LedgerVerify: AsyncParsableCommand {
         commandName: "verify",
         abstract: "Check the hash chains and record states; name the first bad sequence number.",
         discussion: """
-            Recomputes every record's and event's hash from its stored content and the previous hash, and checks each
-            record's state against its events. Detects edited, deleted, inserted and reordered rows (even when the
+            Recomputes every record's and event's hash from its stored content and the previous hash, and checks each \
+            record's state against its events. Detects edited, deleted, inserted and reordered rows (even when the \
             database's protective triggers were dropped). Exit 0 when intact, 4 when not.
             """
     )
@@ -83,7 +83,9 @@ struct LedgerVerify: AsyncParsableCommand {
         var head_hash: String
 
         func encode(to encoder: Encoder) throws {
-            enum K: String, CodingKey { case intact, records, events, first_bad_record_seq, first_bad_event_seq, problems, head_seq, head_hash }
+            enum K: String, CodingKey {
+                case intact, records, events, first_bad_record_seq, first_bad_event_seq, problems, head_seq, head_hash
+            }
             var c = encoder.container(keyedBy: K.self)
             try c.encode(intact, forKey: .intact)
             try c.encode(records, forKey: .records)
@@ -98,22 +100,29 @@ struct LedgerVerify: AsyncParsableCommand {
 
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
-            let station = try Station.open(directory: Station.locate(explicit: options.station))
+            let station = try options.openStation()
             let r = try await station.ledger.verify()
             if json {
                 try Console.json(
                     Report(
-                        intact: r.isIntact, records: r.recordsChecked, events: r.eventsChecked, first_bad_record_seq: r.firstBadRecordSeq,
-                        first_bad_event_seq: r.firstBadEventSeq, problems: r.problems, head_seq: r.headSeq, head_hash: r.headHash))
+                        intact: r.isIntact, records: r.recordsChecked, events: r.eventsChecked,
+                        first_bad_record_seq: r.firstBadRecordSeq,
+                        first_bad_event_seq: r.firstBadEventSeq, problems: r.problems, head_seq: r.headSeq,
+                        head_hash: r.headHash))
             } else if r.isIntact {
-                Console.out("ledger intact: \(r.recordsChecked) records, \(r.eventsChecked) events, head seq \(r.headSeq) hash \(r.headHash)\n")
+                Console.out(
+                    "ledger intact: \(r.recordsChecked) records, \(r.eventsChecked) events, head seq \(r.headSeq) hash \(r.headHash)\n"
+                )
             } else {
                 Console.out("ledger TAMPERED: \(r.problems.count) problem(s)\n")
                 r.problems.forEach { Console.out("  \($0)\n") }
             }
             if !r.isIntact {
-                let first = r.firstBadRecordSeq.map { "record seq \($0)" } ?? r.firstBadEventSeq.map { "event seq \($0)" } ?? "unknown"
-                Console.error(KeylineError(.integrity, "ledger integrity check failed at \(first)"), verbose: options.verbose)
+                let first =
+                    r.firstBadRecordSeq.map { "record seq \($0)" } ?? r.firstBadEventSeq.map { "event seq \($0)" }
+                    ?? "unknown"
+                Console.error(
+                    KeylineError(.integrity, "ledger integrity check failed at \(first)"), verbose: options.verbose)
                 throw ExitCode(KeylineError.Code.integrity.exitStatus)
             }
         }
@@ -121,7 +130,8 @@ struct LedgerVerify: AsyncParsableCommand {
 }
 
 struct LedgerList: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "list", abstract: "List issued certificates in ledger order.")
+    static let configuration = CommandConfiguration(
+        commandName: "list", abstract: "List issued certificates in ledger order.")
 
     @OptionGroup var options: StationOptions
     @Option(name: .long, help: "Only records in this state (issued, delivered, failed, revoked).") var state: String?
@@ -131,35 +141,43 @@ struct LedgerList: AsyncParsableCommand {
 
     func validate() throws {
         if let state, RecordState(rawValue: state) == nil {
-            throw ValidationError("--state must be one of \(RecordState.allCases.map(\.rawValue).joined(separator: ", "))")
+            throw ValidationError(
+                "--state must be one of \(RecordState.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         if let limit, limit < 0 { throw ValidationError("--limit must not be negative") }
     }
 
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
-            let station = try Station.open(directory: Station.locate(explicit: options.station))
+            let station = try options.openStation()
             let records = try await station.ledger.records(
                 RecordQuery(limit: limit, state: state.flatMap(RecordState.init(rawValue:)), profile: profile))
             if json {
                 try Console.json(["records": records.map(RecordJSON.init)])
                 return
             }
-            Console.out(pad("SEQ", 6) + pad("CN", 24) + pad("STATE", 10) + pad("PROFILE", 10) + pad("NOT AFTER", 22) + "FINGERPRINT\n")
+            Console.out(
+                pad("SEQ", 6) + pad("CN", 24) + pad("STATE", 10) + pad("PROFILE", 10) + pad("NOT AFTER", 22)
+                    + "FINGERPRINT\n")
             for r in records {
                 Console.out(
-                    pad(String(r.seq), 6) + pad(r.content.cn, 24) + pad(r.state.rawValue, 10) + pad(r.content.profile, 10)
-                        + pad(Timestamp.iso(r.content.notAfter), 22) + r.content.certificateFingerprint.prefix(16) + "…\n")
+                    pad(String(r.seq), 6) + pad(r.content.cn, 24) + pad(r.state.rawValue, 10)
+                        + pad(r.content.profile, 10)
+                        + pad(Timestamp.iso(r.content.notAfter), 22) + r.content.certificateFingerprint.prefix(16)
+                        + "…\n")
             }
             Console.note("\(records.count) record(s)")
         }
     }
 
-    func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
+    func pad(_ s: String, _ n: Int) -> String {
+        s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count)
+    }
 }
 
 struct LedgerShow: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "show", abstract: "Show one certificate's record and its events.")
+    static let configuration = CommandConfiguration(
+        commandName: "show", abstract: "Show one certificate's record and its events.")
 
     @OptionGroup var options: StationOptions
     @Argument(help: "The certificate's CN (the device identifier).") var cn: String
@@ -171,22 +189,25 @@ struct LedgerShow: AsyncParsableCommand {
         var kind: String
         var detail: String
         var `operator`: String
-        var at: Date
+        var at: String
     }
 
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
-            let station = try Station.open(directory: Station.locate(explicit: options.station))
+            let station = try options.openStation()
             guard let record = try await station.ledger.record(cn: cn) else {
                 throw KeylineError(.dataError, "no certificate for CN '\(cn)' in the ledger")
             }
             if pem {
-                Console.out(try Certificate(derEncoded: record.content.certificateDER).serializeAsPEM().pemString + "\n")
+                Console.out(
+                    try Certificate(derEncoded: record.content.certificateDER).serializeAsPEM().pemString + "\n")
                 return
             }
             let events = try await station.ledger.events(recordSeq: record.seq, limit: nil)
             let eventJSON = events.map {
-                EventJSON(seq: $0.seq, kind: $0.content.kind.rawValue, detail: $0.content.detail, operator: $0.content.operatorName, at: $0.content.at)
+                EventJSON(
+                    seq: $0.seq, kind: $0.content.kind.rawValue, detail: $0.content.detail,
+                    operator: $0.content.operatorName, at: Timestamp.isoMillis($0.content.at))
             }
             if json {
                 struct Out: Encodable {
@@ -218,7 +239,9 @@ struct LedgerShow: AsyncParsableCommand {
 
                 """)
             for e in events {
-                Console.out("  \(e.seq)  \(Timestamp.isoMillis(e.content.at))  \(e.content.kind.rawValue)  \(e.content.detail)\n")
+                Console.out(
+                    "  \(e.seq)  \(Timestamp.isoMillis(e.content.at))  \(e.content.kind.rawValue)  \(e.content.detail)\n"
+                )
             }
         }
     }

@@ -9,13 +9,13 @@ struct SignCommand: AsyncParsableCommand {
         commandName: "sign",
         abstract: "Sign device CSRs with the profile's CA; each is committed to the ledger before it is written.",
         discussion: """
-            CSR files may be PEM or DER; '-' reads standard input. Without --out or --out-dir the certificates are
-            printed on standard output. Nothing but the CN is taken from a CSR: its other subject attributes and
+            CSR files may be PEM or DER; '-' reads standard input. Without --out or --out-dir the certificates are \
+            printed on standard output. Nothing but the CN is taken from a CSR: its other subject attributes and \
             requested extensions (CA:TRUE above all) are ignored.
 
-            Policy (each refusal names its rule, exit 3): proof-of-possession (the CSR's signature verifies),
-            signature-algorithm (SHA-256 or stronger), key-type (P-256; P-384 and RSA>=2048 when the profile allows),
-            cn / cn-pattern (exactly one CN, 1-64 characters, matching cn_pattern), unique-cn, unique-public-key,
+            Policy (each refusal names its rule, exit 3): proof-of-possession (the CSR's signature verifies), \
+            signature-algorithm (SHA-256 or stronger), key-type (P-256; P-384 and RSA>=2048 when the profile allows), \
+            cn / cn-pattern (exactly one CN, 1-64 characters, matching cn_pattern), unique-cn, unique-public-key, \
             validity (the CA must cover min_validity_days). Malformed input exits 65.
 
             With several CSRs, each is handled on its own; the exit status is that of the first failure.
@@ -28,15 +28,23 @@ struct SignCommand: AsyncParsableCommand {
     )
 
     @OptionGroup var options: StationOptions
-    @Argument(help: ArgumentHelp("CSR files (PEM or DER); '-' for standard input.", valueName: "CSR")) var csrs: [String]
+    @Argument(help: ArgumentHelp("CSR files (PEM or DER); '-' for standard input.", valueName: "CSR")) var csrs:
+        [String]
     @Option(name: .long, help: "Issuance profile (default: 'default').") var profile: String?
-    @Option(name: .long, help: ArgumentHelp("Write the certificate to FILE (one CSR only).", valueName: "FILE")) var out: String?
-    @Option(name: .long, help: ArgumentHelp("Write each certificate to DIR/<CN>.pem.", valueName: "DIR")) var outDir: String?
-    @Flag(name: .long, help: "Append the issuing CA (and the root when known) after each certificate.") var chain = false
-    @Option(name: .long, help: ArgumentHelp("File holding the CA key's passphrase (mode 0600).", valueName: "FILE")) var passphraseFile: String?
-    @Option(name: .long, help: "Operator recorded with each certificate (default: $KEYLINE_OPERATOR, station.toml, login name).")
+    @Option(name: .long, help: ArgumentHelp("Write the certificate to FILE (one CSR only).", valueName: "FILE"))
+    var out: String?
+    @Option(name: .long, help: ArgumentHelp("Write each certificate to DIR/<CN>.pem.", valueName: "DIR")) var outDir:
+        String?
+    @Flag(name: .long, help: "Append the issuing CA (and the root when known) after each certificate.") var chain =
+        false
+    @Option(name: .long, help: ArgumentHelp("File holding the CA key's passphrase (mode 0600).", valueName: "FILE"))
+    var passphraseFile: String?
+    @Option(
+        name: .long,
+        help: "Operator recorded with each certificate (default: $KEYLINE_OPERATOR, station.toml, login name).")
     var `operator`: String?
-    @Option(name: .long, help: "Device hardware id recorded with the certificate (one CSR only).") var hardwareId: String?
+    @Option(name: .long, help: "Device hardware id recorded with the certificate (one CSR only).") var hardwareId:
+        String?
 
     func validate() throws {
         if out != nil && outDir != nil { throw ValidationError("--out and --out-dir cannot be used together") }
@@ -47,8 +55,9 @@ struct SignCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
-            let station = try Station.open(directory: Station.locate(explicit: options.station))
-            let issuer = try await openIssuer(station: station, profileName: profile, passphraseFile: passphraseFile, operatorOption: `operator`)
+            let station = try options.openStation()
+            let issuer = try await openIssuer(
+                station: station, profileName: profile, passphraseFile: passphraseFile, operatorOption: `operator`)
             let chainPEM = chain ? try issuer.chainPEM : ""
             if let outDir { try createDirectory(outDir) }
             var firstFailure: KeylineError?
@@ -63,19 +72,25 @@ struct SignCommand: AsyncParsableCommand {
                         if let out {
                             try SafeFile.write(pem, to: out)
                         } else if let outDir {
-                            try SafeFile.write(pem, to: (outDir as NSString).appendingPathComponent("\(issued.record.content.cn).pem"))
+                            try SafeFile.write(
+                                pem, to: (outDir as NSString).appendingPathComponent("\(issued.record.content.cn).pem"))
                         } else {
                             Console.out(pem)
                         }
                     } catch let error as KeylineError {
                         throw KeylineError(
                             error.code,
-                            "\(error.reason) — the certificate for '\(issued.record.content.cn)' IS in the ledger (seq \(issued.record.seq)); re-export it with 'keyline ledger show \(issued.record.content.cn) --pem'")
+                            "\(error.reason) — the certificate for '\(issued.record.content.cn)' IS in the ledger (seq \(issued.record.seq)); re-export it with 'keyline ledger show \(issued.record.content.cn) --pem'"
+                        )
                     }
                     signed += 1
-                    Console.note("signed \(issued.record.content.cn) serial \(issued.record.content.serialHex) (ledger seq \(issued.record.seq))")
+                    Console.note(
+                        "signed \(issued.record.content.cn) serial \(issued.record.content.serialHex) (ledger seq \(issued.record.seq))"
+                    )
                 } catch let error as KeylineError {
-                    Console.error(KeylineError(error.code, "\(path): \(error.reason)", rule: error.rule), verbose: options.verbose)
+                    Console.error(
+                        KeylineError(error.code, "\(path): \(error.reason)", rule: error.rule), verbose: options.verbose
+                    )
                     if firstFailure == nil { firstFailure = error }
                 }
             }
@@ -101,7 +116,8 @@ func readInput(_ path: String) throws -> [UInt8] {
 /// Creates an output directory (mode 0700 when new).
 func createDirectory(_ path: String) throws {
     do {
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        try FileManager.default.createDirectory(
+            atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
     } catch {
         throw KeylineError(.ioError, "cannot create directory \(path): \(error.localizedDescription)")
     }

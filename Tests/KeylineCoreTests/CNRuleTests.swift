@@ -1,11 +1,14 @@
 import Testing
+
 @testable import KeylineCore
 
 @Suite("CN rule")
 struct CNRuleTests {
     let rule = try! CNRule(pattern: Profile.defaultCNPattern)
 
-    @Test("accepts ordinary device identifiers", arguments: ["dev-0001", "SN.000123", "a", "A1:B2_c3", String(repeating: "x", count: 64)])
+    @Test(
+        "accepts ordinary device identifiers",
+        arguments: ["dev-0001", "SN.000123", "a", "A1:B2_c3", String(repeating: "x", count: 64)])
     func accepts(_ cn: String) {
         #expect(rule.check(cn) == .accept)
     }
@@ -56,7 +59,8 @@ struct CNTemplateTests {
         #expect(try CNTemplate("d{seq}").render(7) == "d7")
     }
 
-    @Test("refuses templates without exactly one placeholder", arguments: ["SN-", "SN-{seq:xx}", "{seq}-{seq}", "{seq"])
+    @Test(
+        "refuses templates without exactly one placeholder", arguments: ["SN-", "SN-{seq:xx}", "{seq}-{seq}", "{seq"])
     func refuses(_ text: String) {
         #expect(throws: KeylineError(.usage, "")) { try CNTemplate(text) }
     }

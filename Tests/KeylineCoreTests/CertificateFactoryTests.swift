@@ -4,6 +4,7 @@ import SwiftASN1
 import Testing
 import X509
 import _CryptoExtras
+
 @testable import KeylineCore
 
 @Suite("Certificate factory")
@@ -15,9 +16,12 @@ struct CertificateFactoryTests {
         key: Certificate.PrivateKey = Certificate.PrivateKey(P256.Signing.PrivateKey())
     ) throws -> Certificate {
         let p = profile ?? self.profile
-        let v = try CertificateFactory.leafValidity(now: now, validityDays: p.validityDays, minValidityDays: p.minValidityDays, ca: ca.ca.certificate).get()
+        let v = try CertificateFactory.leafValidity(
+            now: now, validityDays: p.validityDays, minValidityDays: p.minValidityDays, ca: ca.ca.certificate
+        ).get()
         return try CertificateFactory.leaf(
-            cn: "dev-0001", publicKey: key.publicKey, profile: p, ca: ca.ca, signer: ca.key, serial: try TestPKI.randomSerial(),
+            cn: "dev-0001", publicKey: key.publicKey, profile: p, ca: ca.ca, signer: ca.key,
+            serial: try TestPKI.randomSerial(),
             notBefore: v.notBefore, notAfter: v.notAfter)
     }
 
@@ -50,7 +54,8 @@ struct CertificateFactoryTests {
         #expect(aki.keyIdentifier.map(Array.init) == ca.ca.subjectKeyIdentifier)
         #expect(aki.authorityCertIssuer == nil && aki.authorityCertSerialNumber == nil)
         let ski = try #require(try cert.extensions.subjectKeyIdentifier)
-        #expect(Array(ski.keyIdentifier) == Array(Insecure.SHA1.hash(data: Array(key.publicKey.subjectPublicKeyInfoBytes))))
+        #expect(
+            Array(ski.keyIdentifier) == Array(Insecure.SHA1.hash(data: Array(key.publicKey.subjectPublicKeyInfoBytes))))
         #expect(cert.extensions.count == 4)
         #expect(cert.signatureAlgorithm == .ecdsaWithSHA256)
         #expect(cert.issuer == ca.ca.certificate.subject)
@@ -63,25 +68,36 @@ struct CertificateFactoryTests {
         p.organization = "Acme Devices"
         p.organizationalUnit = "Line 1"
         let name = try CertificateFactory.leafSubject(cn: "dev-1", profile: p)
-        #expect(name == (try DistinguishedName { OrganizationName("Acme Devices"); OrganizationalUnitName("Line 1"); CommonName("dev-1") }))
-        #expect(try CertificateFactory.leafSubject(cn: "dev-1", profile: profile) == (try DistinguishedName { CommonName("dev-1") }))
+        #expect(
+            name
+                == (try DistinguishedName {
+                    OrganizationName("Acme Devices"); OrganizationalUnitName("Line 1"); CommonName("dev-1")
+                }))
+        #expect(
+            try CertificateFactory.leafSubject(cn: "dev-1", profile: profile)
+                == (try DistinguishedName { CommonName("dev-1") }))
     }
 
     @Test("validity: notBefore five minutes back, notAfter capped at the CA's notAfter")
     func validity() throws {
         let ca = try TestPKI.ca(notAfter: TestPKI.now.addingTimeInterval(400 * 86400))
-        let v = try CertificateFactory.leafValidity(now: TestPKI.now, validityDays: 3650, minValidityDays: 365, ca: ca.ca.certificate).get()
+        let v = try CertificateFactory.leafValidity(
+            now: TestPKI.now, validityDays: 3650, minValidityDays: 365, ca: ca.ca.certificate
+        ).get()
         #expect(v.notBefore == TestPKI.now.addingTimeInterval(-300))
         #expect(v.notAfter == ca.ca.certificate.notValidAfter)
         let long = try TestPKI.ca()
-        let w = try CertificateFactory.leafValidity(now: TestPKI.now, validityDays: 30, minValidityDays: 1, ca: long.ca.certificate).get()
+        let w = try CertificateFactory.leafValidity(
+            now: TestPKI.now, validityDays: 30, minValidityDays: 1, ca: long.ca.certificate
+        ).get()
         #expect(w.notAfter == TestPKI.now.addingTimeInterval(30 * 86400))
     }
 
     @Test("refuses when the CA leaves less than min_validity_days")
     func minValidity() throws {
         let ca = try TestPKI.ca(notAfter: TestPKI.now.addingTimeInterval(100 * 86400))
-        let r = CertificateFactory.leafValidity(now: TestPKI.now, validityDays: 3650, minValidityDays: 365, ca: ca.ca.certificate)
+        let r = CertificateFactory.leafValidity(
+            now: TestPKI.now, validityDays: 3650, minValidityDays: 365, ca: ca.ca.certificate)
         guard case .failure(let e) = r else {
             Issue.record("accepted a CA with 100 days left under min_validity_days 365")
             return
@@ -103,8 +119,11 @@ struct CertificateFactoryTests {
         let c = ca.ca.certificate
         #expect(try c.extensions.basicConstraints == .isCertificateAuthority(maxPathLength: 0))
         #expect(try c.extensions.keyUsage == KeyUsage(keyCertSign: true, cRLSign: true))
-        #expect(try c.extensions.authorityKeyIdentifier?.keyIdentifier.map(Array.init) == Array(try #require(try ca.ca.chain[0].extensions.subjectKeyIdentifier).keyIdentifier))
+        #expect(
+            try c.extensions.authorityKeyIdentifier?.keyIdentifier.map(Array.init)
+                == Array(try #require(try ca.ca.chain[0].extensions.subjectKeyIdentifier).keyIdentifier))
         #expect(IssuingCA.checkIsCA(c) == .accept)
+        #expect(IssuingCA.checkIsCA(ca.ca.chain[0]) != .accept, "a root without pathlen:0 cannot be the issuing CA")
         #expect(IssuingCA.checkIsCA(try leaf(ca: ca)) != .accept)
     }
 
@@ -121,9 +140,12 @@ struct CertificateFactoryTests {
 struct ChainHashTests {
     static func content(cn: String = "dev-1") -> RecordContent {
         RecordContent(
-            cn: cn, serialHex: "01AB", certificateFingerprint: String(repeating: "A", count: 64), publicKeySHA256: String(repeating: "B", count: 64),
-            caFingerprint: String(repeating: "C", count: 64), caName: "dev", profile: "default", stationID: "st", operatorName: "op",
-            keyOrigin: .device, hardwareID: nil, notBefore: TestPKI.now, notAfter: TestPKI.now.addingTimeInterval(86400),
+            cn: cn, serialHex: "01AB", certificateFingerprint: String(repeating: "A", count: 64),
+            publicKeySHA256: String(repeating: "B", count: 64),
+            caFingerprint: String(repeating: "C", count: 64), caName: "dev", profile: "default", stationID: "st",
+            operatorName: "op",
+            keyOrigin: .device, hardwareID: nil, notBefore: TestPKI.now,
+            notAfter: TestPKI.now.addingTimeInterval(86400),
             certificateDER: [1, 2, 3], createdAt: TestPKI.now)
     }
 
@@ -138,11 +160,16 @@ struct ChainHashTests {
     func sensitive() {
         let base = ChainHash.record(seq: 1, prevHash: LedgerRecord.genesisHash, content: Self.content())
         var changed: [String] = []
-        var c = Self.content(); c.cn = "dev-2"; changed.append(ChainHash.record(seq: 1, prevHash: LedgerRecord.genesisHash, content: c))
-        c = Self.content(); c.hardwareID = ""; changed.append(ChainHash.record(seq: 1, prevHash: LedgerRecord.genesisHash, content: c))
-        c = Self.content(); c.certificateDER = [1, 2, 4]; changed.append(ChainHash.record(seq: 1, prevHash: LedgerRecord.genesisHash, content: c))
-        c = Self.content(); c.keyOrigin = .station; changed.append(ChainHash.record(seq: 1, prevHash: LedgerRecord.genesisHash, content: c))
-        c = Self.content(); c.createdAt = c.createdAt.addingTimeInterval(0.001); changed.append(ChainHash.record(seq: 1, prevHash: LedgerRecord.genesisHash, content: c))
+        var c = Self.content(); c.cn = "dev-2";
+        changed.append(ChainHash.record(seq: 1, prevHash: LedgerRecord.genesisHash, content: c))
+        c = Self.content(); c.hardwareID = "";
+        changed.append(ChainHash.record(seq: 1, prevHash: LedgerRecord.genesisHash, content: c))
+        c = Self.content(); c.certificateDER = [1, 2, 4];
+        changed.append(ChainHash.record(seq: 1, prevHash: LedgerRecord.genesisHash, content: c))
+        c = Self.content(); c.keyOrigin = .station;
+        changed.append(ChainHash.record(seq: 1, prevHash: LedgerRecord.genesisHash, content: c))
+        c = Self.content(); c.createdAt = c.createdAt.addingTimeInterval(0.001);
+        changed.append(ChainHash.record(seq: 1, prevHash: LedgerRecord.genesisHash, content: c))
         changed.append(ChainHash.record(seq: 2, prevHash: LedgerRecord.genesisHash, content: Self.content()))
         changed.append(ChainHash.record(seq: 1, prevHash: String(repeating: "1", count: 64), content: Self.content()))
         for h in changed { #expect(h != base) }
@@ -153,7 +180,9 @@ struct ChainHashTests {
     func boundaries() {
         var a = Self.content(); a.caName = "ab"; a.profile = "c"
         var b = Self.content(); b.caName = "a"; b.profile = "bc"
-        #expect(ChainHash.record(seq: 1, prevHash: LedgerRecord.genesisHash, content: a) != ChainHash.record(seq: 1, prevHash: LedgerRecord.genesisHash, content: b))
+        #expect(
+            ChainHash.record(seq: 1, prevHash: LedgerRecord.genesisHash, content: a)
+                != ChainHash.record(seq: 1, prevHash: LedgerRecord.genesisHash, content: b))
     }
 
     @Test("expected state follows the last state-changing event")

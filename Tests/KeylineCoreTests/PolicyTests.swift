@@ -3,6 +3,7 @@ import SwiftASN1
 import Testing
 import X509
 import _CryptoExtras
+
 @testable import KeylineCore
 
 @Suite("Issuance policy")
@@ -10,7 +11,9 @@ struct PolicyTests {
     let policy = try! IssuancePolicy(profile: Profile(name: "default", caName: "test"))
     let wide = try! IssuancePolicy(profile: Profile(name: "wide", caName: "test", keyTypes: [.p256, .p384, .rsa]))
 
-    func verdict(_ p: IssuancePolicy, _ der: [UInt8]) throws -> Result<(cn: String, publicKey: Certificate.PublicKey), KeylineError> {
+    func verdict(
+        _ p: IssuancePolicy, _ der: [UInt8]
+    ) throws -> Result<(cn: String, publicKey: Certificate.PublicKey), KeylineError> {
         p.evaluate(try CSRInput(bytes: der))
     }
 
@@ -78,12 +81,17 @@ struct PolicyTests {
     func cnCount() throws {
         let key = Certificate.PrivateKey(P256.Signing.PrivateKey())
         let none = try TestPKI.csr(subject: try DistinguishedName { OrganizationName("Acme") }, key: key)
-        let twice = try TestPKI.csr(subject: try DistinguishedName { CommonName("a"); CommonName("b") }, key: key)
+        let twice = try TestPKI.csr(
+            subject: try DistinguishedName {
+                CommonName("a"); CommonName("b")
+            }, key: key)
         #expect(refusedRule(try verdict(policy, none)) == "cn")
         #expect(refusedRule(try verdict(policy, twice)) == "cn")
     }
 
-    @Test("garbage, empty and truncated input is a data error", arguments: [[UInt8](), [0x00, 0x01, 0x02], Array("hello".utf8)])
+    @Test(
+        "garbage, empty and truncated input is a data error",
+        arguments: [[UInt8](), [0x00, 0x01, 0x02], Array("hello".utf8)])
     func garbage(_ bytes: [UInt8]) {
         #expect(throws: KeylineError(.dataError, "")) { try CSRInput(bytes: bytes) }
     }

@@ -3,6 +3,7 @@ import Foundation
 import SwiftASN1
 import X509
 import _CryptoExtras
+
 @testable import KeylineCore
 
 /// Test fixtures: CAs, keys and CSRs made in memory with a fixed clock.
@@ -23,16 +24,20 @@ enum TestPKI {
         let rootKey = Certificate.PrivateKey(P256.Signing.PrivateKey())
         let root = try CertificateFactory.caCertificate(
             subject: try DistinguishedName { CommonName("Test Root") }, publicKey: rootKey.publicKey, pathLength: nil,
-            notBefore: notBefore, notAfter: notAfter.addingTimeInterval(86400), serial: try randomSerial(), issuer: nil, selfKey: rootKey)
+            notBefore: notBefore, notAfter: notAfter.addingTimeInterval(86400), serial: try randomSerial(), issuer: nil,
+            selfKey: rootKey)
         let issuing = try CertificateFactory.caCertificate(
-            subject: try DistinguishedName { CommonName("Test Issuing CA") }, publicKey: issuingKey.publicKey, pathLength: 0,
-            notBefore: notBefore, notAfter: notAfter, serial: try randomSerial(), issuer: (root, rootKey), selfKey: issuingKey)
+            subject: try DistinguishedName { CommonName("Test Issuing CA") }, publicKey: issuingKey.publicKey,
+            pathLength: 0,
+            notBefore: notBefore, notAfter: notAfter, serial: try randomSerial(), issuer: (root, rootKey),
+            selfKey: issuingKey)
         return (try IssuingCA(name: name, certificate: issuing, chain: [root]), issuingKey)
     }
 
     /// A DER CSR for `subject` signed by `key`.
     static func csr(
-        subject: DistinguishedName, key: Certificate.PrivateKey, attributes: CertificateSigningRequest.Attributes = .init()
+        subject: DistinguishedName, key: Certificate.PrivateKey,
+        attributes: CertificateSigningRequest.Attributes = .init()
     ) throws -> [UInt8] {
         let csr = try CertificateSigningRequest(version: .v1, subject: subject, privateKey: key, attributes: attributes)
         var s = DER.Serializer()
@@ -40,7 +45,9 @@ enum TestPKI {
         return s.serializedBytes
     }
 
-    static func csr(cn: String, key: Certificate.PrivateKey = Certificate.PrivateKey(P256.Signing.PrivateKey())) throws -> [UInt8] {
+    static func csr(
+        cn: String, key: Certificate.PrivateKey = Certificate.PrivateKey(P256.Signing.PrivateKey())
+    ) throws -> [UInt8] {
         try csr(subject: try DistinguishedName { CommonName(cn) }, key: key)
     }
 

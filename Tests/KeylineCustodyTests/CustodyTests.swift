@@ -3,13 +3,15 @@ import Foundation
 import Testing
 import X509
 import _CryptoExtras
+
 @testable import KeylineCore
 @testable import KeylineCustody
 
 /// A private temporary directory (mode 0700) removed by the caller.
 func tempDir() throws -> String {
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("keyline-custody-\(UUID().uuidString)").path
-    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+    try FileManager.default.createDirectory(
+        atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
     return dir
 }
 
@@ -40,7 +42,9 @@ struct FileGuardTests {
         try FileGuard.checkSecretFile("\(dir)/r", what: "CA key")
     }
 
-    @Test("refuses group- or world-accessible files, naming the path and the fix", arguments: [0o640, 0o604, 0o660, 0o644, 0o602])
+    @Test(
+        "refuses group- or world-accessible files, naming the path and the fix",
+        arguments: [0o640, 0o604, 0o660, 0o644, 0o602])
     func modes(_ mode: Int) throws {
         let dir = try tempDir()
         try writeFile("\(dir)/k", "x", mode: mode)
@@ -69,7 +73,8 @@ struct FileGuardTests {
         #expect(throws: KeylineError(.keyGuard, "")) { try FileGuard.checkSecretFile(dir, what: "CA key") }
         #expect(throws: KeylineError(.keyGuard, "")) { try FileGuard.checkSecretFile("\(dir)/missing", what: "CA key") }
         let open = "\(dir)/open"
-        try FileManager.default.createDirectory(atPath: open, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o770])
+        try FileManager.default.createDirectory(
+            atPath: open, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o770])
         try FileManager.default.setAttributes([.posixPermissions: 0o770], ofItemAtPath: open)
         try writeFile("\(open)/k", "x", mode: 0o600)
         #expect(throws: KeylineError(.keyGuard, "")) { try FileGuard.checkSecretFile("\(open)/k", what: "CA key") }
@@ -128,7 +133,8 @@ struct PrivateKeyFileTests {
     @Test("openssl reads our encrypted key and reports the algorithms we promise")
     func opensslAgrees() throws {
         let dir = try tempDir()
-        let pem = try PrivateKeyFile.encryptedPEM(pkcs8: try Certificate.PrivateKey(P256.Signing.PrivateKey()).pkcs8DER, passphrase: pass)
+        let pem = try PrivateKeyFile.encryptedPEM(
+            pkcs8: try Certificate.PrivateKey(P256.Signing.PrivateKey()).pkcs8DER, passphrase: pass)
         try writeFile("\(dir)/k.pem", String(decoding: pem, as: UTF8.self), mode: 0o600)
         try writeFile("\(dir)/pass", "correct horse\n", mode: 0o600)
         #expect(try run(["openssl", "pkey", "-in", "\(dir)/k.pem", "-passin", "file:\(dir)/pass", "-noout"]) == 0)
@@ -140,12 +146,15 @@ struct PrivateKeyFileTests {
         try p.run()
         p.waitUntilExit()
         let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(text.contains(":PBES2") && text.contains(":PBKDF2") && text.contains(":hmacWithSHA256") && text.contains(":aes-256-cbc"))
+        #expect(
+            text.contains(":PBES2") && text.contains(":PBKDF2") && text.contains(":hmacWithSHA256")
+                && text.contains(":aes-256-cbc"))
     }
 
     @Test("a wrong passphrase is a key-guard refusal that does not echo the passphrase")
     func wrongPassphrase() throws {
-        let pem = try PrivateKeyFile.encryptedPEM(pkcs8: try Certificate.PrivateKey(P256.Signing.PrivateKey()).pkcs8DER, passphrase: pass)
+        let pem = try PrivateKeyFile.encryptedPEM(
+            pkcs8: try Certificate.PrivateKey(P256.Signing.PrivateKey()).pkcs8DER, passphrase: pass)
         let wrong = Passphrase(bytes: Array("tr0ub4dor".utf8), source: "test")
         do {
             _ = try PrivateKeyFile.open(pem: pem, passphrase: wrong, path: "k.pem")
@@ -162,13 +171,22 @@ struct PrivateKeyFileTests {
         let dir = try tempDir()
         try writeFile("\(dir)/pass", "correct horse\n", mode: 0o600)
         #expect(try run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-out", "\(dir)/sec1.pem"]) == 0)
-        #expect(try run(["openssl", "ec", "-in", "\(dir)/sec1.pem", "-aes256", "-passout", "file:\(dir)/pass", "-out", "\(dir)/legacy.pem"]) == 0)
         #expect(
-            try run(["openssl", "pkcs8", "-topk8", "-scrypt", "-in", "\(dir)/sec1.pem", "-passout", "file:\(dir)/pass", "-out", "\(dir)/scrypt.pem"]) == 0)
+            try run([
+                "openssl", "ec", "-in", "\(dir)/sec1.pem", "-aes256", "-passout", "file:\(dir)/pass", "-out",
+                "\(dir)/legacy.pem",
+            ]) == 0)
+        #expect(
+            try run([
+                "openssl", "pkcs8", "-topk8", "-scrypt", "-in", "\(dir)/sec1.pem", "-passout", "file:\(dir)/pass",
+                "-out", "\(dir)/scrypt.pem",
+            ]) == 0)
         let sec1 = Array(FileManager.default.contents(atPath: "\(dir)/sec1.pem")!)
         #expect(String(decoding: sec1, as: UTF8.self).contains("EC PARAMETERS"))
         let reference = try PrivateKeyFile.open(pem: sec1, passphrase: nil, path: "sec1.pem")
-        for (file, protection) in [("legacy.pem", PrivateKeyFile.Protection.legacyEncryptedPEM), ("scrypt.pem", .encryptedPKCS8)] {
+        for (file, protection) in [
+            ("legacy.pem", PrivateKeyFile.Protection.legacyEncryptedPEM), ("scrypt.pem", .encryptedPKCS8),
+        ] {
             let bytes = Array(FileManager.default.contents(atPath: "\(dir)/\(file)")!)
             #expect(PrivateKeyFile.protection(of: bytes) == protection)
             #expect(try PrivateKeyFile.open(pem: bytes, passphrase: pass, path: file).publicKey == reference.publicKey)
@@ -177,7 +195,9 @@ struct PrivateKeyFileTests {
 
     @Test("a file with no key in it is bad data")
     func noKey() {
-        #expect(throws: KeylineError(.dataError, "")) { try PrivateKeyFile.open(pem: Array("hello".utf8), passphrase: nil, path: "x") }
+        #expect(throws: KeylineError(.dataError, "")) {
+            try PrivateKeyFile.open(pem: Array("hello".utf8), passphrase: nil, path: "x")
+        }
     }
 }
 
@@ -189,7 +209,8 @@ struct PassphraseSourceTests {
         try writeFile("\(dir)/explicit", "one\n", mode: 0o600)
         try writeFile("\(dir)/configured", "two\n", mode: 0o600)
         try writeFile("\(dir)/\(PassphraseSources.credentialName)", "three", mode: 0o400)
-        let all = PassphraseSources(explicitFile: "\(dir)/explicit", configuredFile: "\(dir)/configured", credentialsDirectory: dir)
+        let all = PassphraseSources(
+            explicitFile: "\(dir)/explicit", configuredFile: "\(dir)/configured", credentialsDirectory: dir)
         #expect(try all.resolve(for: "k").bytes == Array("one".utf8))
         let noExplicit = PassphraseSources(configuredFile: "\(dir)/configured", credentialsDirectory: dir)
         #expect(try noExplicit.resolve(for: "k").bytes == Array("two".utf8))

@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import Testing
+
 @testable import KeylineCore
 @testable import KeylineLedger
 
@@ -15,9 +16,11 @@ enum Backend: String, CaseIterable, CustomTestStringConvertible {
         switch self {
         case .memory: return InMemoryLedger(stationID: "station-test")
         case .sqlite:
-            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("keyline-ledger-\(UUID().uuidString)")
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent(
+                "keyline-ledger-\(UUID().uuidString)")
             try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-            return try SQLiteLedger(path: dir.appendingPathComponent("ledger.sqlite").path, stationID: "station-test", create: true)
+            return try SQLiteLedger(
+                path: dir.appendingPathComponent("ledger.sqlite").path, stationID: "station-test", create: true)
         }
     }
 }
@@ -26,8 +29,10 @@ let t0 = Date(timeIntervalSince1970: 1_800_000_000.123)
 
 func content(_ r: Reservation, serial: String? = nil, at: Date = t0) -> RecordContent {
     RecordContent(
-        cn: r.cn, serialHex: serial ?? Hex.upper(Array(r.cn.utf8)), certificateFingerprint: Hex.sha256(Array(("cert:" + r.cn).utf8)),
-        publicKeySHA256: r.publicKeySHA256, caFingerprint: String(repeating: "C", count: 64), caName: "dev", profile: "default",
+        cn: r.cn, serialHex: serial ?? Hex.upper(Array(r.cn.utf8)),
+        certificateFingerprint: Hex.sha256(Array(("cert:" + r.cn).utf8)),
+        publicKeySHA256: r.publicKeySHA256, caFingerprint: String(repeating: "C", count: 64), caName: "dev",
+        profile: "default",
         stationID: "station-test", operatorName: "op", keyOrigin: .device, hardwareID: "hw-\(r.cn)", notBefore: at,
         notAfter: at.addingTimeInterval(86400 * 365), certificateDER: Array(("der:" + r.cn).utf8), createdAt: at)
 }
@@ -126,7 +131,9 @@ struct LedgerContractTests {
         let r = try await issue(ledger, "dev-1")
         try await ledger.transition(
             recordSeq: r.seq, to: .delivered,
-            event: EventContent(kind: .delivered, recordSeq: r.seq, cn: "dev-1", detail: "read-back ok", stationID: "station-test", operatorName: "op", at: t0))
+            event: EventContent(
+                kind: .delivered, recordSeq: r.seq, cn: "dev-1", detail: "read-back ok", stationID: "station-test",
+                operatorName: "op", at: t0))
         #expect(try await ledger.record(cn: "dev-1")?.state == .delivered)
         let events = try await ledger.events(recordSeq: r.seq, limit: nil)
         #expect(events.map(\.content.kind) == [.issued, .delivered])

@@ -3,6 +3,7 @@ import Foundation
 import SwiftASN1
 import Testing
 import X509
+
 @testable import KeylineCore
 @testable import KeylineCustody
 @testable import KeylineLedger
@@ -14,16 +15,22 @@ func newStation() async throws -> (Station, String) {
     return (try Station.open(directory: dir), dir)
 }
 
-func csrDER(cn: String, key: Certificate.PrivateKey = Certificate.PrivateKey(P256.Signing.PrivateKey())) throws -> [UInt8] {
-    let csr = try CertificateSigningRequest(version: .v1, subject: try DistinguishedName { CommonName(cn) }, privateKey: key, attributes: .init())
+func csrDER(
+    cn: String, key: Certificate.PrivateKey = Certificate.PrivateKey(P256.Signing.PrivateKey())
+) throws -> [UInt8] {
+    let csr = try CertificateSigningRequest(
+        version: .v1, subject: try DistinguishedName { CommonName(cn) }, privateKey: key, attributes: .init())
     var s = DER.Serializer()
     try s.serialize(csr)
     return s.serializedBytes
 }
 
 func issuer(_ station: Station, now: Date = Date()) throws -> Issuer {
-    let loaded = try CALoader.load(station.config.cas["dev"]!, passphrases: PassphraseSources(configuredFile: station.config.cas["dev"]!.passphraseFile), now: now)
-    return try Issuer(station: station, profile: try station.config.profile(nil), loaded: loaded, operatorName: "tester")
+    let loaded = try CALoader.load(
+        station.config.cas["dev"]!,
+        passphrases: PassphraseSources(configuredFile: station.config.cas["dev"]!.passphraseFile), now: now)
+    return try Issuer(
+        station: station, profile: try station.config.profile(nil), loaded: loaded, operatorName: "tester")
 }
 
 @Suite("Station: init and issuance")
@@ -31,17 +38,20 @@ struct IssuerTests {
     @Test("init makes a dev CA whose issuing certificate is CA:TRUE pathlen 0 and whose key opens with the passphrase")
     func initStation() async throws {
         let (station, dir) = try await newStation()
-        let loaded = try CALoader.load(station.config.cas["dev"]!, passphrases: PassphraseSources(configuredFile: "\(dir)/secrets/dev.passphrase"), now: Date())
+        let loaded = try CALoader.load(
+            station.config.cas["dev"]!, passphrases: PassphraseSources(configuredFile: "\(dir)/secrets/dev.passphrase"),
+            now: Date())
         #expect(try loaded.ca.certificate.extensions.basicConstraints == .isCertificateAuthority(maxPathLength: 0))
         #expect(loaded.ca.chain.count == 1)
-        #expect(loaded.warnings.isEmpty)
+        #expect(station.warnings.isEmpty)
         var st = stat()
         for (path, mode) in [("ca/dev/ca.key", 0o600), ("secrets/dev.passphrase", 0o600), ("secrets", 0o700)] {
             #expect(stat("\(dir)/\(path)", &st) == 0)
             #expect(Int(st.st_mode & 0o777) == mode, "\(path)")
         }
         #expect(try await station.ledger.count() == 0)
-        #expect(try await station.ledger.events(recordSeq: nil, limit: nil).map(\.content.kind) == [.stationInitialized])
+        #expect(
+            try await station.ledger.events(recordSeq: nil, limit: nil).map(\.content.kind) == [.stationInitialized])
     }
 
     @Test("init refuses an existing station and leaves it untouched")
@@ -67,11 +77,13 @@ struct IssuerTests {
         #expect(r.content.publicKeySHA256 == CertificateFactory.publicKeyFingerprint(key.publicKey))
         #expect(r.content.serialHex == Hex.upper(issued.certificate.serialNumber.bytes))
         #expect(r.content.caFingerprint == i.loaded.ca.fingerprint)
-        #expect(i.loaded.ca.certificate.publicKey.isValidSignature(issued.certificate.signature, for: issued.certificate))
+        #expect(
+            i.loaded.ca.certificate.publicKey.isValidSignature(issued.certificate.signature, for: issued.certificate))
         #expect(try await station.ledger.record(cn: "dev-0001") == r)
     }
 
-    @Test("refusals leave an audit event and no record", arguments: ["", "has space", String(repeating: "z", count: 65)])
+    @Test(
+        "refusals leave an audit event and no record", arguments: ["", "has space", String(repeating: "z", count: 65)])
     func refusalsAreAudited(_ cn: String) async throws {
         let (station, _) = try await newStation()
         let i = try issuer(station)
@@ -94,8 +106,12 @@ struct IssuerTests {
         let (station, _) = try await newStation()
         let c = station.config.cas["dev"]!
         let sources = PassphraseSources(configuredFile: c.passphraseFile)
-        #expect(throws: KeylineError(.keyGuard, "")) { try CALoader.load(c, passphrases: sources, now: Date().addingTimeInterval(-86400)) }
-        #expect(throws: KeylineError(.keyGuard, "")) { try CALoader.load(c, passphrases: sources, now: Date().addingTimeInterval(11 * 366 * 86400)) }
+        #expect(throws: KeylineError(.keyGuard, "")) {
+            try CALoader.load(c, passphrases: sources, now: Date().addingTimeInterval(-86400))
+        }
+        #expect(throws: KeylineError(.keyGuard, "")) {
+            try CALoader.load(c, passphrases: sources, now: Date().addingTimeInterval(11 * 366 * 86400))
+        }
     }
 
     @Test("a retired CA signs nothing")
@@ -103,7 +119,9 @@ struct IssuerTests {
         let (station, _) = try await newStation()
         var c = station.config.cas["dev"]!
         c.status = .retired
-        #expect(throws: KeylineError(.configuration, "")) { try CALoader.load(c, passphrases: PassphraseSources(configuredFile: c.passphraseFile), now: Date()) }
+        #expect(throws: KeylineError(.configuration, "")) {
+            try CALoader.load(c, passphrases: PassphraseSources(configuredFile: c.passphraseFile), now: Date())
+        }
     }
 
     @Test("a key that does not match its CA certificate is refused")
@@ -127,7 +145,8 @@ struct IssuerTests {
         let i = try issuer(station)
         let keys = (1...3).map { _ in P256.Signing.PrivateKey() }
         let issued = try await i.issueBatch(
-            keys.enumerated().map { (cn: "SN-\($0.offset)", publicKey: Certificate.PublicKey($0.element.publicKey)) }, origin: .station)
+            keys.enumerated().map { (cn: "SN-\($0.offset)", publicKey: Certificate.PublicKey($0.element.publicKey)) },
+            origin: .station)
         #expect(issued.map(\.record.content.cn) == ["SN-0", "SN-1", "SN-2"])
         #expect(issued.allSatisfy { $0.record.content.keyOrigin == .station })
         #expect(try await station.ledger.verify().isIntact)

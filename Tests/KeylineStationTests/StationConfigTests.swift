@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import KeylineCore
 @testable import KeylineStation
 
@@ -29,7 +30,8 @@ struct StationConfigTests {
         #expect(c.cas["dev"]?.key == "/abs/ca.key")
         #expect(c.cas["dev"]?.allowUnencryptedKey == false)
         let p = try c.profile(nil)
-        #expect(p.keyTypes == [.p256, .rsa] && p.validityDays == 400 && p.minValidityDays == 30 && p.organization == "Acme")
+        #expect(
+            p.keyTypes == [.p256, .rsa] && p.validityDays == 400 && p.minValidityDays == 30 && p.organization == "Acme")
         #expect(p.cnPattern == Profile.defaultCNPattern)
         #expect(c.caExpiryWarningDays == 30)
     }
