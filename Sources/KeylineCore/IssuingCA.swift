@@ -35,7 +35,8 @@ public struct IssuingCA: Sendable {
     /// Checks the certificate is fit to be an issuing CA: CA:TRUE, keyCertSign, a SKI. Returns a verdict naming
     /// what is missing.
     public static func checkIsCA(_ certificate: Certificate) -> PolicyVerdict {
-        guard let bc = try? certificate.extensions.basicConstraints, case .isCertificateAuthority(let pathLength) = bc else {
+        guard let bc = try? certificate.extensions.basicConstraints, case .isCertificateAuthority(let pathLength) = bc
+        else {
             return .refuse(rule: "ca-certificate", reason: "basicConstraints CA:TRUE is missing")
         }
         // The backend finds a device's CA by the leaf's AKI: the registered CA must be the direct issuer, an
@@ -44,7 +45,9 @@ public struct IssuingCA: Sendable {
             let shown = pathLength.map(String.init) ?? "unlimited"
             return .refuse(
                 rule: "ca-certificate",
-                reason: "basicConstraints pathlen is \(shown); the issuing CA must have pathlen:0 (it signs devices directly)")
+                reason:
+                    "basicConstraints pathlen is \(shown); the issuing CA must have pathlen:0 (it signs devices directly)"
+            )
         }
         guard let ku = try? certificate.extensions.keyUsage, ku.keyCertSign else {
             return .refuse(rule: "ca-certificate", reason: "keyUsage keyCertSign is missing")

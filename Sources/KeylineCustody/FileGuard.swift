@@ -53,8 +53,10 @@ public enum FileGuard {
             let mode = String(dst.st_mode & 0o7777, radix: 8)
             throw KeylineError(
                 .keyGuard,
-                "\(what) \(path) lies in directory \(dirPath) that group or others can write (mode \(mode)); fix: move it into a private directory (mode 0700) owned by the station's user")
-        }    }
+                "\(what) \(path) lies in directory \(dirPath) that group or others can write (mode \(mode)); fix: move it into a private directory (mode 0700) owned by the station's user"
+            )
+        }
+    }
 
     /// Reads a secret file after ``checkSecretFile(_:what:)`` accepted it.
     public static func readSecretFile(_ path: String, what: String) throws -> [UInt8] {

@@ -71,38 +71,34 @@ public struct Issuer: Sendable {
         }
     }
 
+    /// One certificate to issue: a CN and a public key that passed the policy.
+    public struct Request: Sendable {
+        public var cn: String
+        public var publicKey: Certificate.PublicKey
+        public var hardwareID: String?
+
+        public init(cn: String, publicKey: Certificate.PublicKey, hardwareID: String? = nil) {
+            self.cn = cn
+            self.publicKey = publicKey
+            self.hardwareID = hardwareID
+        }
+    }
+
     /// Reserve → sign → commit one certificate for a public key that passed the policy.
     public func issue(
         cn: String, publicKey: Certificate.PublicKey, origin: KeyOrigin, hardwareID: String? = nil,
         workOrder: String? = nil
     ) async throws -> IssuedCertificate {
-        let reservation = Reservation(
-            cn: cn, publicKeySHA256: CertificateFactory.publicKeyFingerprint(publicKey), operatorName: operatorName)
-        let at = now()
-        let validity: (notBefore: Date, notAfter: Date)
-        switch CertificateFactory.leafValidity(
-            now: at, validityDays: profile.validityDays, minValidityDays: profile.minValidityDays,
-            ca: loaded.ca.certificate)
-        {
-        case .success(let v): validity = v
-        case .failure(let error): try await refuse(error, cn: cn)
-        }
-        var built: Certificate?
-        let record = try await station.ledger.issue(reservation) { r in
-            let (content, cert) = try makeContent(
-                r, publicKey: publicKey, origin: origin, hardwareID: hardwareID, workOrder: workOrder, at: at,
-                validity: validity)
-            built = cert
-            return content
-        }
-        guard let built else { throw KeylineError(.internalError, "ledger committed without signing") }
-        return IssuedCertificate(record: record, certificate: built, pem: try built.serializeAsPEM().pemString)
+        try await issueBatch(
+            [Request(cn: cn, publicKey: publicKey, hardwareID: hardwareID)], origin: origin, workOrder: workOrder)[0]
     }
 
     /// Reserve → sign → commit many certificates in one transaction (all or none).
     public func issueBatch(
-        _ items: [(cn: String, publicKey: Certificate.PublicKey)], origin: KeyOrigin, workOrder: String? = nil
-    ) async throws -> [IssuedCertificate] {
+        _ requests: [Request], origin: KeyOrigin, workOrder: String? = nil
+    ) async throws
+        -> [IssuedCertificate]
+    {
         let at = now()
         let validity: (notBefore: Date, notAfter: Date)
         switch CertificateFactory.leafValidity(
@@ -110,25 +106,28 @@ public struct Issuer: Sendable {
             ca: loaded.ca.certificate)
         {
         case .success(let v): validity = v
-        case .failure(let error): try await refuse(error, cn: items.first?.cn)
+        case .failure(let error): try await refuse(error, cn: requests.first?.cn)
         }
-        var keys: [String: Certificate.PublicKey] = [:]
-        for item in items { keys[item.cn] = item.publicKey }
-        let reservations = items.map {
+        var byCN: [String: Request] = [:]
+        for request in requests { byCN[request.cn] = request }
+        let reservations = requests.map {
             Reservation(
                 cn: $0.cn, publicKeySHA256: CertificateFactory.publicKeyFingerprint($0.publicKey),
                 operatorName: operatorName)
         }
         var built: [String: Certificate] = [:]
         let records = try await station.ledger.issueBatch(reservations) { r in
+            let request = byCN[r.cn]!
             let (content, cert) = try makeContent(
-                r, publicKey: keys[r.cn]!, origin: origin, hardwareID: nil, workOrder: workOrder, at: at,
-                validity: validity)
+                r, publicKey: request.publicKey, origin: origin, hardwareID: request.hardwareID, workOrder: workOrder,
+                at: at, validity: validity)
             built[r.cn] = cert
             return content
         }
         return try records.map { record in
-            let cert = built[record.content.cn]!
+            guard let cert = built[record.content.cn] else {
+                throw KeylineError(.internalError, "ledger committed '\(record.content.cn)' without signing it")
+            }
             return IssuedCertificate(record: record, certificate: cert, pem: try cert.serializeAsPEM().pemString)
         }
     }

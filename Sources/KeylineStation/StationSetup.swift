@@ -59,8 +59,10 @@ public enum StationSetup {
         let config = StationTemplate.render(stationID: stationID)
         // Parse what we are about to write, so a template mistake can never produce a broken station.
         _ = try StationConfig.parse(config, directory: dir)
-        let ledger = try SQLiteLedger(
-            path: (dir as NSString).appendingPathComponent("ledger.sqlite"), stationID: stationID, create: true)
+        let ledgerPath = (dir as NSString).appendingPathComponent("ledger.sqlite")
+        let ledger = try SQLiteLedger(path: ledgerPath, stationID: stationID, create: true)
+        // Readable by the station's group (QA), writable by the station's user only.
+        chmod(ledgerPath, 0o640)
         try SafeFile.write(config, to: configPath, mode: 0o644, exclusive: true)
         let issuing = try IssuingCA(name: "dev", certificate: dev.issuing, chain: [dev.root])
         let event = EventContent(
@@ -103,7 +105,8 @@ public enum StationSetup {
         let key = try CALoader.openKey(
             path: keyPath, allowUnencrypted: allowUnencrypted,
             passphrases: PassphraseSources(
-                explicitFile: absPassFile, credentialsDirectory: ProcessInfo.processInfo.environment["CREDENTIALS_DIRECTORY"],
+                explicitFile: absPassFile,
+                credentialsDirectory: ProcessInfo.processInfo.environment["CREDENTIALS_DIRECTORY"],
                 allowPrompt: true))
         try CALoader.checkMatch(key, cert, keyPath: keyPath, certPath: certPath)
         let issuing = try IssuingCA(name: name, certificate: cert, chain: chain)

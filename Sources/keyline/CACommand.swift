@@ -53,7 +53,8 @@ struct CAImport: AsyncParsableCommand {
                     passphraseFile: passphraseFile, allowUnencrypted: allowUnencryptedKey)
             } catch let error as KeylineError {
                 _ = try? await station.ledger.recordRefusal(
-                    cn: nil, reason: "ca import '\(name)': \(error.reason)", operatorName: resolveOperator(nil, config: station.config),
+                    cn: nil, reason: "ca import '\(name)': \(error.reason)",
+                    operatorName: resolveOperator(nil, config: station.config),
                     at: Date())
                 throw error
             }

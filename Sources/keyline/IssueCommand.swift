@@ -103,7 +103,8 @@ struct IssueCommand: AsyncParsableCommand {
                 let issued: [IssuedCertificate]
                 do {
                     issued = try await issuer.issueBatch(
-                        keys.map { (cn: $0.cn, publicKey: Certificate.PublicKey($0.key.publicKey)) }, origin: .station)
+                        keys.map { Issuer.Request(cn: $0.cn, publicKey: Certificate.PublicKey($0.key.publicKey)) },
+                        origin: .station)
                 } catch {
                     batch.unstage(slice)
                     throw error

@@ -145,7 +145,9 @@ struct IssuerTests {
         let i = try issuer(station)
         let keys = (1...3).map { _ in P256.Signing.PrivateKey() }
         let issued = try await i.issueBatch(
-            keys.enumerated().map { (cn: "SN-\($0.offset)", publicKey: Certificate.PublicKey($0.element.publicKey)) },
+            keys.enumerated().map {
+                Issuer.Request(cn: "SN-\($0.offset)", publicKey: Certificate.PublicKey($0.element.publicKey))
+            },
             origin: .station)
         #expect(issued.map(\.record.content.cn) == ["SN-0", "SN-1", "SN-2"])
         #expect(issued.allSatisfy { $0.record.content.keyOrigin == .station })

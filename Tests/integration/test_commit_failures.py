@@ -1,0 +1,165 @@
+"""Order and atomicity: reserve -> sign -> commit durably -> only then write.
+
+When the commit fails (disk full, database locked) no certificate file is written and the exit status says which;
+when writing fails after the commit, the certificate is in the ledger and can be exported again; an interrupted
+batch resumes without losing a key or issuing a CN twice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from conftest import (
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    KEYLINE_TIMEOUT,
+    assert_exit,
+    assert_one_line_error,
+    init_station,
+    load_cert,
+    openssl,
+    openssl_csr,
+    run_keyline,
+    spki_der,
+)
+
+EXIT_IOERR = 74
+EXIT_TEMPFAIL = 75
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 512 KiB tmpfs (needs root, as in CI): a disk that really fills up."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill(directory: Path, leave: int):
+    """Fills the file system holding `directory` until about `leave` bytes remain."""
+    st = os.statvfs(directory)
+    free = st.f_bavail * st.f_frsize
+    with open(directory / "filler", "wb") as f:
+        f.write(b"\0" * max(0, free - leave))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def test_disk_full_writes_no_certificate_and_exits_74(tiny_fs, tmp_path):
+    station = init_station(tiny_fs / "station")
+    csr, _ = openssl_csr(tmp_path / "csr", "dev-full")
+    out = tmp_path / "out"
+    out.mkdir()
+    # Room for SQLite's 32 KiB shared-memory index, not for the write-ahead log frames of a commit.
+    fill(tiny_fs, leave=36 * 1024)
+    r = station.sign(csr, out_dir=out)
+    assert_exit(r, EXIT_IOERR)
+    reason = assert_one_line_error(r)
+    assert "disk full" in reason or "I/O" in reason or "disk I/O" in reason, r
+    assert list(out.iterdir()) == [], "no certificate may leave the station when its commit failed"
+    assert b"BEGIN CERTIFICATE" not in r.stdout_bytes
+    (tiny_fs / "filler").unlink()
+    assert station.records_count() == 0
+    # With room again, the same CSR signs and the ledger is intact.
+    assert_exit(station.sign(csr, out_dir=out), EXIT_OK)
+    assert_exit(station.run("ledger", "verify"), EXIT_OK)
+
+
+def test_locked_database_is_a_temporary_failure(station, tmp_path):
+    csr, _ = openssl_csr(tmp_path / "csr", "dev-locked")
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = sqlite3.connect(str(station.ledger_path), timeout=1, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        r = station.sign(csr, out_dir=out)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert_exit(r, EXIT_TEMPFAIL)
+    assert "locked" in assert_one_line_error(r)
+    assert list(out.iterdir()) == []
+    assert station.records_count() == 0
+    assert_exit(station.sign(csr, out_dir=out), EXIT_OK)
+
+
+def test_write_failure_after_commit_says_the_certificate_is_in_the_ledger(station, tmp_path):
+    csr, _ = openssl_csr(tmp_path / "csr", "dev-unwritable")
+    r = station.run("sign", csr, "--out", "/proc/keyline-cannot-write-here.pem")
+    assert_exit(r, EXIT_IOERR)
+    reason = assert_one_line_error(r)
+    assert "IS in the ledger" in reason and "ledger show dev-unwritable --pem" in reason, r
+    assert station.records_count() == 1
+    again = station.run("ledger", "show", "dev-unwritable", "--pem")
+    assert_exit(again, EXIT_OK)
+    cert_path = tmp_path / "again.pem"
+    cert_path.write_bytes(again.stdout_bytes)
+    assert load_cert(cert_path).subject.rfc4514_string() == "CN=dev-unwritable"
+
+
+def test_missing_ledger_is_unavailable(station, tmp_path):
+    station.ledger_path.unlink()
+    r = station.run("ledger", "list")
+    assert_exit(r, EXIT_UNAVAILABLE)
+    assert "ledger not found" in assert_one_line_error(r)
+
+
+def test_killed_batch_resumes_without_losing_keys_or_doubling_cns(station, tmp_path):
+    out = tmp_path / "batch"
+    args = ["issue", "--count", "600", "--cn-template", "K-{seq:04}", "--chunk", "50", "--out", out]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYLINE_")}
+    env["KEYLINE_STATION"] = str(station.path)
+    from conftest import KEYLINE_BIN  # the per-session copy
+
+    p = subprocess.Popen([str(KEYLINE_BIN), *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + KEYLINE_TIMEOUT
+    # Kill it once at least two chunks are committed, mid-run.
+    while time.monotonic() < deadline:
+        if p.poll() is not None:
+            break
+        try:
+            if station.records_count() >= 100:
+                break
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.02)
+    if p.poll() is not None:
+        pytest.fail("the batch finished before it could be interrupted; make it larger")
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=10)
+    committed = station.records_count()
+    assert 0 < committed < 600
+
+    r = station.run(*args)
+    assert_exit(r, EXIT_OK)
+    assert "resuming" in r.err
+    assert station.records_count() == 600
+    assert not list(out.glob("*.partial")), "staged keys must be completed or replaced"
+    rows = (out / "index.csv").read_text().splitlines()
+    assert len(rows) == 601
+    # Every certificate's key is on disk and matches; no CN was issued twice.
+    cns = [row.split(",")[0] for row in rows[1:]]
+    assert len(set(cns)) == 600
+    for cn in cns[:: 37] + [cns[-1]]:
+        from cryptography.hazmat.primitives import serialization
+
+        key = serialization.load_pem_private_key((out / f"{cn}.key").read_bytes(), None)
+        cert = load_cert(out / f"{cn}.pem")
+        assert spki_der(key.public_key()) == spki_der(cert.public_key()), cn
+        assert oct((out / f"{cn}.key").stat().st_mode & 0o777) == "0o600"
+    assert_exit(station.run("ledger", "verify"), EXIT_OK)
