@@ -89,11 +89,11 @@ public struct IssuancePolicy: Sendable {
         switch key {
         case .ecP256: allowed = profile.keyTypes.contains(.p256)
         case .ecP384: allowed = profile.keyTypes.contains(.p384)
-        case .rsa(let bits): allowed = profile.keyTypes.contains(.rsa) && bits >= max(2048, profile.rsaMinBits)
+        case .rsa(let bits): allowed = profile.rsaMinimumBits.map { bits >= $0 } ?? false
         case .ecOther, .other: allowed = false
         }
         if allowed { return .accept }
-        let list = profile.keyTypes.map { $0 == .rsa ? "rsa>=\(max(2048, profile.rsaMinBits))" : $0.rawValue }.sorted()
+        let list = profile.keyTypes.map(\.rawValue).sorted()
         return .refuse(
             rule: "key-type",
             reason: "\(key) is not allowed by profile '\(profile.name)' (allowed: \(list.joined(separator: ", ")))"

@@ -63,9 +63,21 @@ public enum KeyAlgorithm: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// The public-key families a profile may allow.
+/// The public keys a profile may allow, as named in `key_types`. An `rsaN` entry admits RSA keys of N bits or more.
 public enum AllowedKeyType: String, Sendable, CaseIterable, Codable {
     case p256
     case p384
-    case rsa
+    case rsa2048
+    case rsa3072
+    case rsa4096
+
+    /// The smallest RSA modulus this entry admits, nil for EC entries.
+    public var rsaMinimumBits: Int? {
+        switch self {
+        case .p256, .p384: nil
+        case .rsa2048: 2048
+        case .rsa3072: 3072
+        case .rsa4096: 4096
+        }
+    }
 }

@@ -14,13 +14,14 @@ public struct Profile: Sendable, Hashable {
     public var validityDays: Int
     /// A leaf whose capped lifetime would fall below this is refused.
     public var minValidityDays: Int
-    /// Key families accepted from CSRs.
+    /// Keys accepted from CSRs.
     public var keyTypes: Set<AllowedKeyType>
-    /// The smallest RSA modulus accepted when `rsa` is allowed (never below 2048).
-    public var rsaMinBits: Int
     /// Fixed subject attributes added after the CN.
     public var organization: String?
     public var organizationalUnit: String?
+
+    /// The smallest RSA modulus allowed, nil when the profile allows no RSA key.
+    public var rsaMinimumBits: Int? { keyTypes.compactMap(\.rsaMinimumBits).min() }
 
     public init(
         name: String,
@@ -29,7 +30,6 @@ public struct Profile: Sendable, Hashable {
         validityDays: Int = 3650,
         minValidityDays: Int = 365,
         keyTypes: Set<AllowedKeyType> = [.p256],
-        rsaMinBits: Int = 2048,
         organization: String? = nil,
         organizationalUnit: String? = nil
     ) {
@@ -39,7 +39,6 @@ public struct Profile: Sendable, Hashable {
         self.validityDays = validityDays
         self.minValidityDays = minValidityDays
         self.keyTypes = keyTypes
-        self.rsaMinBits = rsaMinBits
         self.organization = organization
         self.organizationalUnit = organizationalUnit
     }

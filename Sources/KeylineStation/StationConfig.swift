@@ -138,7 +138,7 @@ public struct StationConfig: Sendable {
                     guard let k = AllowedKeyType(rawValue: item) else {
                         throw KeylineError(
                             .configuration,
-                            "\(fileName): [profiles.\(name)] key_types entry '\(item)' must be one of p256, p384, rsa")
+                            "\(fileName): [profiles.\(name)] key_types entry '\(item)' must be one of \(AllowedKeyType.allCases.map(\.rawValue).joined(separator: ", "))")
                     }
                     keyTypes.insert(k)
                 }
@@ -153,9 +153,8 @@ public struct StationConfig: Sendable {
                 validityDays: try s.int("validity_days") ?? 3650,
                 minValidityDays: try s.int("min_validity_days") ?? 365,
                 keyTypes: keyTypes,
-                rsaMinBits: try s.int("rsa_min_bits") ?? 2048,
-                organization: try s.string("organization"),
-                organizationalUnit: try s.string("organizational_unit"))
+                organization: try s.string("subject_organization"),
+                organizationalUnit: try s.string("subject_organizational_unit"))
             try s.refuseUnknown()
             guard profile.validityDays > 0, profile.minValidityDays >= 0,
                 profile.minValidityDays <= profile.validityDays
@@ -165,10 +164,11 @@ public struct StationConfig: Sendable {
                     "\(fileName): [profiles.\(name)] needs validity_days > 0 and 0 <= min_validity_days <= validity_days"
                 )
             }
-            guard profile.rsaMinBits >= 2048 else {
-                throw KeylineError(.configuration, "\(fileName): [profiles.\(name)] rsa_min_bits must be at least 2048")
+            do {
+                _ = try CNRule(pattern: profile.cnPattern)
+            } catch let error as KeylineError {
+                throw KeylineError(.configuration, "\(fileName): [profiles.\(name)] \(error.reason)")
             }
-            _ = try CNRule(pattern: profile.cnPattern)
             profiles[name] = profile
         }
         return StationConfig(

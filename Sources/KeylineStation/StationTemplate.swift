@@ -36,10 +36,9 @@ enum StationTemplate {
         cn_pattern = '^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$'
         validity_days = 3650                # capped at the CA's own notAfter
         min_validity_days = 365             # refuse when the CA cannot give at least this much
-        key_types = ["p256"]                # also allowed: "p384", "rsa"
-        # rsa_min_bits = 2048
-        # organization = "Example Devices Ltd"
-        # organizational_unit = "Line 1"
+        key_types = ["p256"]                # also allowed: "p384", "rsa2048" (RSA of 2048 bits or more), "rsa3072", "rsa4096"
+        # subject_organization = "Example Devices Ltd"          # fixed O in every device subject
+        # subject_organizational_unit = "Line 1"              # fixed OU
 
         """
     }

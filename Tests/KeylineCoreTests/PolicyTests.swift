@@ -9,7 +9,7 @@ import _CryptoExtras
 @Suite("Issuance policy")
 struct PolicyTests {
     let policy = try! IssuancePolicy(profile: Profile(name: "default", caName: "test"))
-    let wide = try! IssuancePolicy(profile: Profile(name: "wide", caName: "test", keyTypes: [.p256, .p384, .rsa]))
+    let wide = try! IssuancePolicy(profile: Profile(name: "wide", caName: "test", keyTypes: [.p256, .p384, .rsa2048]))
 
     func verdict(
         _ p: IssuancePolicy, _ der: [UInt8]
@@ -45,10 +45,10 @@ struct PolicyTests {
 
     @Test("RSA below the profile's minimum is refused naming its size")
     func rsaMinimum() throws {
-        let strict = try IssuancePolicy(profile: Profile(name: "s", caName: "t", keyTypes: [.rsa], rsaMinBits: 3072))
+        let strict = try IssuancePolicy(profile: Profile(name: "s", caName: "t", keyTypes: [.rsa3072]))
         let rsa = try TestPKI.csr(cn: "d", key: Certificate.PrivateKey(try _RSA.Signing.PrivateKey(keySize: .bits2048)))
         guard case .failure(let e) = try verdict(strict, rsa) else {
-            Issue.record("RSA-2048 accepted under rsa_min_bits 3072")
+            Issue.record("RSA-2048 accepted under rsa3072")
             return
         }
         #expect(e.rule == "key-type")

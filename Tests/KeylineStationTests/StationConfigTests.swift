@@ -15,10 +15,10 @@ struct StationConfigTests {
         status = "active"
         [profiles.default]
         ca = "dev"
-        key_types = ["p256", "rsa"]
+        key_types = ["p256", "rsa2048"]
         validity_days = 400
         min_validity_days = 30
-        organization = "Acme"
+        subject_organization = "Acme"
         """
 
     @Test("parses a valid configuration and resolves paths against the station directory")
@@ -31,7 +31,7 @@ struct StationConfigTests {
         #expect(c.cas["dev"]?.allowUnencryptedKey == false)
         let p = try c.profile(nil)
         #expect(
-            p.keyTypes == [.p256, .rsa] && p.validityDays == 400 && p.minValidityDays == 30 && p.organization == "Acme")
+            p.keyTypes == [.p256, .rsa2048] && p.validityDays == 400 && p.minValidityDays == 30 && p.organization == "Acme")
         #expect(p.cnPattern == Profile.defaultCNPattern)
         #expect(c.caExpiryWarningDays == 30)
     }
@@ -43,12 +43,12 @@ struct StationConfigTests {
             ("station_id = \"st-1\"", "", "station_id"),
             ("ledger = \"sqlite:ledger.sqlite\"", "ledger = \"mysql://x\"", "ledger"),
             ("ca = \"dev\"", "ca = \"prod\"", "prod"),
-            ("key_types = [\"p256\", \"rsa\"]", "key_types = [\"ed25519\"]", "ed25519"),
+            ("key_types = [\"p256\", \"rsa2048\"]", "key_types = [\"rsa1024\"]", "rsa1024"),
             ("status = \"active\"", "status = \"paused\"", "paused"),
             ("min_validity_days = 30", "min_validity_days = 900", "min_validity_days"),
             ("validity_days = 400", "validity_days = \"400\"", "validity_days"),
             ("[profiles.default]", "[profiles.default]\ncn_pattern = \"([\"", "cn_pattern"),
-            ("[profiles.default]", "[profiles.default]\nrsa_min_bits = 1024", "rsa_min_bits"),
+            ("[profiles.default]", "[profiles.default]\norganization = \"Acme\"", "organization"),
             ("station_id = \"st-1\"", "station_id = \"st-1\"\nstation_name = \"x\"", "station_name"),
             ("ledger = \"sqlite:ledger.sqlite\"", "ledger = ", "line"),
         ])
