@@ -33,7 +33,7 @@ public enum FileGuard {
         if perms & 0o077 != 0 {
             throw KeylineError(
                 .keyGuard,
-                "\(what) \(path) is readable or writable by group or others (mode \(String(perms, radix: 8))); fix: chmod 600 \(path)"
+                "\(what) \(path) is readable or writable by group or others (mode 0\(String(perms, radix: 8))); fix: chmod 600 \(path)"
             )
         }
         let me = geteuid()
@@ -50,7 +50,7 @@ public enum FileGuard {
             throw KeylineError(.keyGuard, "directory \(dirPath) of \(what) \(path) cannot be examined")
         }
         if dst.st_mode & 0o022 != 0 {
-            let mode = String(dst.st_mode & 0o7777, radix: 8)
+            let mode = "0" + String(dst.st_mode & 0o7777, radix: 8)
             throw KeylineError(
                 .keyGuard,
                 "\(what) \(path) lies in directory \(dirPath) that group or others can write (mode \(mode)); fix: move it into a private directory (mode 0700) owned by the station's user"

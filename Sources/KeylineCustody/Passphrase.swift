@@ -67,7 +67,7 @@ public struct PassphraseSources: Sendable {
         }
         throw KeylineError(
             .keyGuard,
-            "no passphrase for encrypted key \(keyPath): set passphrase_file in station.toml, pass --passphrase-file, or provide the systemd credential \(Self.credentialName)"
+            "no passphrase for encrypted key \(keyPath): pass --passphrase-file, set passphrase_file in station.toml, or provide the systemd credential \(Self.credentialName)"
         )
     }
 

@@ -26,6 +26,30 @@ public struct Station: Sendable {
         return Station(config: config, ledger: try openLedger(config))
     }
 
+    /// Opens the issuer for a profile: finds the profile and its CA, opens the CA key through the key guard.
+    ///
+    /// Any refusal (unknown profile, retired CA, key guard) is recorded as a `refused` audit event before it is
+    /// thrown, so even a request that never reached a CSR leaves its trace.
+    public func issuer(
+        profile profileName: String?, passphraseFile: String?, operatorName: String, credentialsDirectory: String?,
+        now: Date = Date()
+    ) async throws -> Issuer {
+        do {
+            let profile = try config.profile(profileName)
+            guard let caConfig = config.cas[profile.caName] else {
+                throw KeylineError(.configuration, "profile '\(profile.name)' uses unknown CA '\(profile.caName)'")
+            }
+            let sources = PassphraseSources(
+                explicitFile: passphraseFile, configuredFile: caConfig.passphraseFile,
+                credentialsDirectory: credentialsDirectory, allowPrompt: true)
+            let loaded = try CALoader.load(caConfig, passphrases: sources, now: now)
+            return try Issuer(station: self, profile: profile, loaded: loaded, operatorName: operatorName)
+        } catch let error as KeylineError {
+            _ = try? await ledger.recordRefusal(cn: nil, reason: error.reason, operatorName: operatorName, at: now)
+            throw error
+        }
+    }
+
     /// What every command warns about for this configuration (a CA key allowed to be unencrypted).
     public var warnings: [String] { config.warnings }
 
@@ -68,6 +92,11 @@ public enum CALoader {
     /// The CA's certificate and chain, without touching its key (for `ca show`, manifests, verification).
     public static func certificateOnly(_ c: CAConfig) throws -> IssuingCA {
         let certs = try certificates(at: c.cert)
+        guard (try? certs[0].extensions.subjectKeyIdentifier) != nil else {
+            throw KeylineError(
+                .dataError,
+                "CA '\(c.name)' certificate \(c.cert) has no subjectKeyIdentifier; leaves need it for their AKI")
+        }
         var chain = Array(certs.dropFirst())
         if let chainPath = c.chain { chain += try certificates(at: chainPath) }
         return try IssuingCA(name: c.name, certificate: certs[0], chain: chain)

@@ -138,7 +138,8 @@ public struct StationConfig: Sendable {
                     guard let k = AllowedKeyType(rawValue: item) else {
                         throw KeylineError(
                             .configuration,
-                            "\(fileName): [profiles.\(name)] key_types entry '\(item)' must be one of \(AllowedKeyType.allCases.map(\.rawValue).joined(separator: ", "))")
+                            "\(fileName): [profiles.\(name)] key_types entry '\(item)' must be one of \(AllowedKeyType.allCases.map(\.rawValue).joined(separator: ", "))"
+                        )
                     }
                     keyTypes.insert(k)
                 }
@@ -182,6 +183,19 @@ public struct StationConfig: Sendable {
         cas.values.filter(\.allowUnencryptedKey).map(\.name).sorted().map {
             "CA '\($0)' allows an unencrypted key (allow_unencrypted_key = true): development use only"
         }
+    }
+
+    /// The operator recorded with a certificate: `option` (`--operator`), else `KEYLINE_OPERATOR`, else `operator`
+    /// in station.toml, else the login name.
+    public func operatorName(
+        option: String?, environment: [String: String] = ProcessInfo.processInfo.environment
+    )
+        -> String
+    {
+        if let option, !option.isEmpty { return option }
+        if let value = environment["KEYLINE_OPERATOR"], !value.isEmpty { return value }
+        if let operatorName { return operatorName }
+        return environment["USER"] ?? environment["LOGNAME"] ?? "unknown"
     }
 
     /// The named profile, or `default`; throws ``KeylineError/Code/configuration`` naming the ones that exist.

@@ -15,7 +15,8 @@ enum StationTemplate {
         # Operator recorded with each certificate when neither --operator nor KEYLINE_OPERATOR is given.
         # operator = "line-1"
 
-        # `keyline ca show` warns when a CA has fewer days left than this.
+        # `keyline ca show` warns when a CA can issue for fewer days than this: its days left minus the largest
+        # min_validity_days of the profiles using it (after that, those profiles refuse every request).
         ca_expiry_warning_days = 30
 
         # A development CA made by `keyline init`. Its root key was discarded after signing the issuing CA.

@@ -21,7 +21,7 @@ struct CAImport: AsyncParsableCommand {
             Accepts what openssl writes: encrypted PKCS#8 (PBES2 with PBKDF2 or scrypt), legacy encrypted PEM \
             (Proc-Type: 4,ENCRYPTED), SEC1 keys with an EC PARAMETERS block, and unencrypted PKCS#8 (refused unless \
             --allow-unencrypted-key, for development). Checks the key matches the certificate, the certificate is a \
-            CA (CA:TRUE, keyCertSign, SKI) and is inside its validity. The files are copied under ca/NAME/ and a \
+            CA (CA:TRUE with pathlen:0, keyCertSign, SKI) and is inside its validity. The files are copied under ca/NAME/ and a \
             [cas.NAME] section is appended to station.toml; point a profile at it with `ca = "NAME"`.
 
             The passphrase is read from --passphrase-file (mode 0600), the systemd credential \
@@ -54,7 +54,7 @@ struct CAImport: AsyncParsableCommand {
             } catch let error as KeylineError {
                 _ = try? await station.ledger.recordRefusal(
                     cn: nil, reason: "ca import '\(name)': \(error.reason)",
-                    operatorName: resolveOperator(nil, config: station.config),
+                    operatorName: station.config.operatorName(option: nil),
                     at: Date())
                 throw error
             }
@@ -68,7 +68,7 @@ struct CAShow: AsyncParsableCommand {
         commandName: "show",
         abstract: "Show each CA's subject, SKI, fingerprint, validity and days left.",
         discussion:
-            "Warns on stderr when a CA has fewer days left than ca_expiry_warning_days (default 30). Does not open keys."
+            "Warns on stderr when an active CA can issue for fewer than ca_expiry_warning_days (default 30) more days (its days left minus the largest min_validity_days of the profiles using it), and when a CA certificate is unfit to issue. Does not open keys."
     )
 
     @OptionGroup var options: StationOptions
@@ -86,7 +86,7 @@ struct CAShow: AsyncParsableCommand {
         var not_after: Date
         var days_left: Int
         /// Days left in which the CA can still give every profile using it its min_validity_days.
-        var issuing_days_left: Int
+        @Nullable var issuing_days_left: Int?
         @Nullable var warning: String?
     }
 
@@ -99,26 +99,17 @@ struct CAShow: AsyncParsableCommand {
             for name in config.cas.keys.sorted() {
                 let c = config.cas[name]!
                 let ca = try CALoader.certificateOnly(c)
-                let days = ca.daysLeft(at: now)
-                // A CA stops being useful min_validity_days before it expires: profiles refuse from then on.
-                let minValidity = config.profiles.values.filter { $0.caName == name }.map(\.minValidityDays).max() ?? 0
-                let issuingDays = days - minValidity
-                var warning: String?
-                if days < 0 {
-                    warning = "CA '\(name)' has expired"
-                } else if issuingDays < config.caExpiryWarningDays {
-                    warning =
-                        issuingDays <= 0
-                        ? "CA '\(name)' can no longer meet min_validity_days (\(minValidity)) of its profiles: issuance under it is refused"
-                        : "CA '\(name)' can issue for \(issuingDays) more days (expires in \(days), profiles need \(minValidity) days of validity)"
-                }
+                let health = CAHealth(
+                    ca: ca, active: c.status == .active,
+                    profileMinValidityDays: config.profiles.values.filter { $0.caName == name }.map(\.minValidityDays),
+                    warningDays: config.caExpiryWarningDays, now: now)
                 entries.append(
                     Entry(
                         name: name, status: c.status.rawValue, subject: ca.certificate.subject.description,
                         issuer: ca.certificate.issuer.description, ski: Hex.upper(ca.subjectKeyIdentifier),
                         fingerprint: ca.fingerprint, serial: Hex.upper(ca.certificate.serialNumber.bytes),
                         not_before: ca.certificate.notValidBefore, not_after: ca.certificate.notValidAfter,
-                        days_left: days, issuing_days_left: issuingDays, warning: warning))
+                        days_left: health.daysLeft, issuing_days_left: health.issuingDaysLeft, warning: health.warning))
             }
             for e in entries { if let w = e.warning { Console.warn(w) } }
             if json {
@@ -135,7 +126,7 @@ struct CAShow: AsyncParsableCommand {
                       SHA-256      \(e.fingerprint)
                       serial       \(e.serial)
                       valid        \(Timestamp.iso(e.not_before)) .. \(Timestamp.iso(e.not_after))
-                      days left    \(e.days_left) (can issue for \(e.issuing_days_left) more)
+                      days left    \(e.days_left)\(e.issuing_days_left.map { " (can issue for \($0) more)" } ?? "")
 
                     """)
             }
@@ -143,33 +134,12 @@ struct CAShow: AsyncParsableCommand {
     }
 }
 
-/// Opens the issuer for a profile; a key-guard refusal is recorded as an audit event before it is reported.
+/// Opens the issuer for a profile (see ``Station/issuer(profile:passphraseFile:operatorName:credentialsDirectory:now:)``).
 func openIssuer(
     station: Station, profileName: String?, passphraseFile: String?, operatorOption: String?
 ) async throws -> Issuer {
-    let operatorName = resolveOperator(operatorOption, config: station.config)
-    let profile = try station.config.profile(profileName)
-    guard let caConfig = station.config.cas[profile.caName] else {
-        throw KeylineError(.configuration, "profile '\(profile.name)' uses unknown CA '\(profile.caName)'")
-    }
-    let sources = PassphraseSources(
-        explicitFile: passphraseFile, configuredFile: caConfig.passphraseFile,
-        credentialsDirectory: ProcessInfo.processInfo.environment["CREDENTIALS_DIRECTORY"], allowPrompt: true)
-    do {
-        let loaded = try CALoader.load(caConfig, passphrases: sources, now: Date())
-        return try Issuer(station: station, profile: profile, loaded: loaded, operatorName: operatorName)
-    } catch let error as KeylineError {
-        _ = try? await station.ledger.recordRefusal(
-            cn: nil, reason: error.reason, operatorName: operatorName, at: Date())
-        throw error
-    }
-}
-
-/// `--operator`, else `KEYLINE_OPERATOR`, else `operator` in station.toml, else the login name.
-func resolveOperator(_ option: String?, config: StationConfig) -> String {
-    if let option, !option.isEmpty { return option }
-    let env = ProcessInfo.processInfo.environment
-    if let value = env["KEYLINE_OPERATOR"], !value.isEmpty { return value }
-    if let value = config.operatorName { return value }
-    return env["USER"] ?? env["LOGNAME"] ?? "unknown"
+    try await station.issuer(
+        profile: profileName, passphraseFile: passphraseFile,
+        operatorName: station.config.operatorName(option: operatorOption),
+        credentialsDirectory: ProcessInfo.processInfo.environment["CREDENTIALS_DIRECTORY"])
 }

@@ -14,7 +14,7 @@ struct Keyline: AsyncParsableCommand {
 
             Quick start:
               keyline init ./station            # a station with a development CA and an empty ledger
-              keyline --help sign               # sign device CSRs
+              keyline help sign                 # how to sign device CSRs
               keyline issue --count 10 --cn-template 'SN-{seq:06}' --out ./batch --station ./station
 
             Exit statuses: 0 ok, 3 policy refusal, 4 ledger integrity failure, 64 usage, 65 bad input data, \

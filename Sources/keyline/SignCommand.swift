@@ -14,7 +14,7 @@ struct SignCommand: AsyncParsableCommand {
             requested extensions (CA:TRUE above all) are ignored.
 
             Policy (each refusal names its rule, exit 3): proof-of-possession (the CSR's signature verifies), \
-            signature-algorithm (SHA-256 or stronger), key-type (P-256; P-384 and RSA>=2048 when the profile allows), \
+            signature-algorithm (SHA-256 or stronger), key-type (P-256; P-384 and RSA of 2048/3072/4096 bits or more when key_types allows), \
             cn / cn-pattern (exactly one CN, 1-64 characters, matching cn_pattern), unique-cn, unique-public-key, \
             validity (the CA must cover min_validity_days). Malformed input exits 65.
 
@@ -89,7 +89,8 @@ struct SignCommand: AsyncParsableCommand {
                     )
                 } catch let error as KeylineError {
                     Console.error(
-                        KeylineError(error.code, "\(path): \(error.reason)", rule: error.rule), verbose: options.verbose
+                        KeylineError(error.code, "\(error.reason) (\(path))", rule: error.rule),
+                        verbose: options.verbose
                     )
                     if firstFailure == nil { firstFailure = error }
                 }

@@ -31,7 +31,8 @@ struct StationConfigTests {
         #expect(c.cas["dev"]?.allowUnencryptedKey == false)
         let p = try c.profile(nil)
         #expect(
-            p.keyTypes == [.p256, .rsa2048] && p.validityDays == 400 && p.minValidityDays == 30 && p.organization == "Acme")
+            p.keyTypes == [.p256, .rsa2048] && p.validityDays == 400 && p.minValidityDays == 30
+                && p.organization == "Acme")
         #expect(p.cnPattern == Profile.defaultCNPattern)
         #expect(c.caExpiryWarningDays == 30)
     }

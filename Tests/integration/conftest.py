@@ -289,9 +289,16 @@ class Station:
             lines.append(f"{k} = {toml_value(v)}")
         self.append_toml("\n".join(lines))
 
-    def add_wide_profile(self, name="wide"):
-        self.add_profile(name, key_types=("p256", "p384", "rsa"))
+    def add_wide_profile(self, name="wide", key_types=("p256", "p384", "rsa2048")):
+        """A second profile on the dev CA admitting more key types (by default every value the contract lists)."""
+        self.add_profile(name, key_types=key_types)
         return name
+
+    def add_p384_profile(self):
+        return self.add_wide_profile("p384", key_types=("p256", "p384"))
+
+    def add_rsa_profile(self):
+        return self.add_wide_profile("rsa", key_types=("p256", "rsa2048"))
 
     # --- ledger
     def db(self) -> sqlite3.Connection:
@@ -332,11 +339,22 @@ def toml_value(v) -> str:
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-@pytest.fixture(scope="session")
-def keyline_bin() -> Path:
-    if not KEYLINE_BIN.is_file() or not os.access(KEYLINE_BIN, os.X_OK):
-        pytest.fail(f"keyline binary not found at {KEYLINE_BIN} (set KEYLINE_BIN or run swift build)", pytrace=False)
-    return KEYLINE_BIN
+@pytest.fixture(scope="session", autouse=True)
+def keyline_bin(tmp_path_factory) -> Path:
+    """The binary under test, copied once per session (with its sibling *.resources bundles) so that a rebuild
+    running alongside the suite cannot swap it out halfway through."""
+    global KEYLINE_BIN
+    source = KEYLINE_BIN
+    if not source.is_file() or not os.access(source, os.X_OK):
+        pytest.fail(f"keyline binary not found at {source} (set KEYLINE_BIN or run swift build)", pytrace=False)
+    d = tmp_path_factory.mktemp("bin")
+    for res in source.parent.glob("*.resources"):
+        shutil.copytree(res, d / res.name, symlinks=True)
+    copy = d / source.name
+    shutil.copy2(source, copy)
+    KEYLINE_BIN = copy
+    yield copy
+    KEYLINE_BIN = source
 
 
 def init_station(path: Path) -> Station:

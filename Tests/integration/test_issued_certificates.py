@@ -40,7 +40,9 @@ def issue_leaf(st: Station, tmp_path, kind: str, cn: str | None = None):
         assert_exit(r, EXIT_OK)
         return out / f"{cn}.pem", out / f"{cn}.key"
     csr, key = openssl_csr(tmp_path / "csr", cn, kind)
-    profile = None if kind == "p256" else st.add_wide_profile()
+    # P-384 and RSA each under a profile admitting just that extra key type, so one cannot mask the other
+    profile = {"p256": None, "p384": st.add_p384_profile, "rsa2048": st.add_rsa_profile}[kind]
+    profile = profile() if profile else None
     leaf = st.sign_ok(csr, out, profile=profile)
     assert leaf.name == f"{cn}.pem", "--out-dir writes DIR/<CN>.pem"
     return leaf, key
@@ -141,7 +143,7 @@ def test_certificate_content_is_exactly_the_profile(station: Station, tmp_path):
 
 
 def test_certificate_subject_has_profile_organization(station: Station, tmp_path):
-    station.add_profile("org", organization="Acme Devices", organizational_unit="Line 7")
+    station.add_profile("org", subject_organization="Acme Devices", subject_organizational_unit="Line 7")
     csr, _ = openssl_csr(tmp_path / "csr", "DEV-ORG-1", "p256")
     t0 = utcnow()
     leaf_path = station.sign_ok(csr, tmp_path / "out", profile="org")
@@ -171,10 +173,12 @@ def test_ca_true_request_is_issued_without_ca_true(station: Station, tmp_path):
     openssl_verify_client(station.root_pem, station.ca_pem, leaf_path)
 
 
-def test_p384_and_rsa_leaves_carry_their_own_key_types(station: Station, tmp_path):
-    wide = station.add_wide_profile()
+def test_profile_with_every_listed_key_type_issues_each(station: Station, tmp_path):
+    wide = station.add_wide_profile()  # key_types = ["p256", "p384", "rsa2048"]
+    c256, _ = openssl_csr(tmp_path / "csr", "DEV-WIDE-P256", "p256")
     c384, _ = openssl_csr(tmp_path / "csr", "DEV-P384-KEY", "p384")
     crsa, _ = openssl_csr(tmp_path / "csr", "DEV-RSA-KEY", "rsa2048")
+    station.sign_ok(c256, tmp_path / "out", profile=wide)
     l384 = load_cert(station.sign_ok(c384, tmp_path / "out", profile=wide))
     lrsa = load_cert(station.sign_ok(crsa, tmp_path / "out", profile=wide))
     assert isinstance(l384.public_key(), ec.EllipticCurvePublicKey) and l384.public_key().curve.name == "secp384r1"
