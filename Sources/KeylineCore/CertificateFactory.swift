@@ -38,6 +38,12 @@ public enum CertificateFactory {
         Hex.sha256(spkiDER(key))
     }
 
+    /// The AKI key identifier of a DER certificate, upper-case hex (nil when it has none).
+    public static func authorityKeyIdentifierHex(der: [UInt8]) throws -> String? {
+        let cert = try Certificate(derEncoded: der)
+        return try cert.extensions.authorityKeyIdentifier?.keyIdentifier.map { Hex.upper($0) }
+    }
+
     /// The DER encoding of a certificate.
     public static func der(_ certificate: Certificate) throws -> [UInt8] {
         var serializer = DER.Serializer()
@@ -119,6 +125,31 @@ public enum CertificateFactory {
             extensions: extensions,
             issuerPrivateKey: signer
         )
+    }
+
+    /// The certificate a backend asks for when a CA is registered: subject CN exactly the verification `code`,
+    /// signed by the CA's key, valid for `validity` seconds from five minutes ago (at most the CA's notAfter).
+    ///
+    /// An end-entity certificate (keyUsage digitalSignature, SKI, AKI) for a throwaway key; it is proof that the
+    /// registrant holds the CA key and nothing else, so it is never recorded as a device.
+    public static func verificationCertificate(
+        code: String, publicKey: Certificate.PublicKey, ca: IssuingCA, signer: Certificate.PrivateKey,
+        serial: Certificate.SerialNumber, now: Date, validity: TimeInterval = 7 * 86400
+    ) throws -> Certificate {
+        let whole = Date(timeIntervalSince1970: now.timeIntervalSince1970.rounded(.down))
+        let notBefore = max(whole.addingTimeInterval(-300), ca.certificate.notValidBefore)
+        let notAfter = min(whole.addingTimeInterval(validity), ca.certificate.notValidAfter)
+        let extensions = try Certificate.Extensions {
+            Critical(KeyUsage(digitalSignature: true))
+            SubjectKeyIdentifier(keyIdentifier: ArraySlice(try keyIdentifier(of: publicKey)))
+            AuthorityKeyIdentifier(keyIdentifier: ArraySlice(ca.subjectKeyIdentifier))
+        }
+        return try Certificate(
+            version: .v3, serialNumber: serial, publicKey: publicKey, notValidBefore: notBefore,
+            notValidAfter: notAfter,
+            issuer: ca.certificate.subject, subject: try DistinguishedName { CommonName(code) },
+            signatureAlgorithm: signatureAlgorithm(for: ca.certificate.publicKey), extensions: extensions,
+            issuerPrivateKey: signer)
     }
 
     /// Builds a CA certificate: self-signed root when `issuer` is nil, else an intermediate signed by it.

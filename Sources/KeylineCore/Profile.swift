@@ -20,6 +20,9 @@ public struct Profile: Sendable, Hashable {
     public var organization: String?
     public var organizationalUnit: String?
 
+    /// What the backend assigns to devices of this profile (JITP settings and the device import manifest).
+    public var jitp: JITPSettings = JITPSettings()
+
     /// The smallest RSA modulus allowed, nil when the profile allows no RSA key.
     public var rsaMinimumBits: Int? { keyTypes.compactMap(\.rsaMinimumBits).min() }
 
@@ -41,5 +44,44 @@ public struct Profile: Sendable, Hashable {
         self.keyTypes = keyTypes
         self.organization = organization
         self.organizationalUnit = organizationalUnit
+    }
+}
+
+/// A profile's backend settings: the CA's JITP configuration and what each device's manifest row carries.
+public struct JITPSettings: Sendable, Hashable {
+    /// `product_name`: the backend names a product in JITP settings (required there).
+    public var productName: String?
+    /// `product_prn`: the product in the device import manifest.
+    public var productPRN: PRN?
+    /// `cohort_prn`: the cohort new devices join.
+    public var cohortPRN: PRN?
+    /// `tags`: non-empty, without spaces or commas.
+    public var tags: [String]
+    /// `target`: a target triplet such as `aarch64-unknown-linux-gnu`.
+    public var target: String?
+    /// `jitp_description`: the literal text of the JITP settings' description.
+    public var description: String?
+    /// `description_template`: rendered per device into the manifest's description.
+    public var descriptionTemplate: String?
+
+    public init(
+        productName: String? = nil, productPRN: PRN? = nil, cohortPRN: PRN? = nil, tags: [String] = [],
+        target: String? = nil, description: String? = nil, descriptionTemplate: String? = nil
+    ) {
+        self.productName = productName
+        self.productPRN = productPRN
+        self.cohortPRN = cohortPRN
+        self.tags = tags
+        self.target = target
+        self.description = description
+        self.descriptionTemplate = descriptionTemplate
+    }
+
+    /// Checks a tag: non-empty, no white space, no comma (the manifest joins tags with commas).
+    public static func checkTag(_ tag: String) -> String? {
+        if tag.isEmpty { return "a tag is empty" }
+        if tag.contains(",") { return "tag '\(tag)' contains a comma" }
+        if tag.contains(where: { $0.isWhitespace }) { return "tag '\(tag)' contains white space" }
+        return nil
     }
 }

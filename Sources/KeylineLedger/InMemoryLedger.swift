@@ -124,14 +124,17 @@ public final class InMemoryLedger: Ledger {
 
     public func records(_ q: RecordQuery) async throws -> [LedgerRecord] {
         state.withLock { s in
-            var out = s.records.filter { r in
-                (q.afterSeq.map { r.seq > $0 } ?? true) && (q.state.map { r.state == $0 } ?? true)
-                    && (q.profile.map { r.content.profile == $0 } ?? true)
-                    && (q.cnPrefix.map { r.content.cn.hasPrefix($0) } ?? true)
-            }
-            if let limit = q.limit { out = Array(out.prefix(limit)) }
-            return out
+            let out = s.records.filter(q.matches)
+            return q.limit.map { Array(out.prefix($0)) } ?? out
         }
+    }
+
+    public func forEachRecord(_ q: RecordQuery, _ body: (LedgerRecord) throws -> Void) async throws {
+        for r in try await records(q) { try body(r) }
+    }
+
+    public func head() async throws -> (seq: Int64, hash: String) {
+        state.withLock { s in (Int64(s.records.count), s.records.last?.hash ?? LedgerRecord.genesisHash) }
     }
 
     public func events(recordSeq: Int64?, limit: Int?) async throws -> [LedgerEvent] {

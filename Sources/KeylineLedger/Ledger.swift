@@ -23,16 +23,30 @@ public struct RecordQuery: Sendable {
     public var state: RecordState?
     public var profile: String?
     public var cnPrefix: String?
+    public var workOrder: String?
+    /// Only records created at or after this time.
+    public var createdSince: Date?
 
     public init(
         afterSeq: Int64? = nil, limit: Int? = nil, state: RecordState? = nil, profile: String? = nil,
-        cnPrefix: String? = nil
+        cnPrefix: String? = nil, workOrder: String? = nil, createdSince: Date? = nil
     ) {
         self.afterSeq = afterSeq
         self.limit = limit
         self.state = state
         self.profile = profile
         self.cnPrefix = cnPrefix
+        self.workOrder = workOrder
+        self.createdSince = createdSince
+    }
+
+    /// Whether `r` passes the filters (for implementations that filter in memory).
+    public func matches(_ r: LedgerRecord) -> Bool {
+        (afterSeq.map { r.seq > $0 } ?? true) && (state.map { r.state == $0 } ?? true)
+            && (profile.map { r.content.profile == $0 } ?? true)
+            && (cnPrefix.map { r.content.cn.hasPrefix($0) } ?? true)
+            && (workOrder.map { r.content.workOrder == $0 } ?? true)
+            && (createdSince.map { r.content.createdAt >= $0 } ?? true)
     }
 }
 
@@ -97,6 +111,13 @@ public protocol Ledger: Sendable {
 
     /// Records in sequence order, filtered.
     func records(_ query: RecordQuery) async throws -> [LedgerRecord]
+
+    /// Streams records in sequence order through `body`, holding one at a time: memory stays flat whatever the
+    /// ledger's size.
+    func forEachRecord(_ query: RecordQuery, _ body: (LedgerRecord) throws -> Void) async throws
+
+    /// The chain head: the last record's sequence number and hash (0 and the genesis hash when empty).
+    func head() async throws -> (seq: Int64, hash: String)
 
     /// Events about one record, in order; all events when `recordSeq` is nil (bounded by `limit`).
     func events(recordSeq: Int64?, limit: Int?) async throws -> [LedgerEvent]

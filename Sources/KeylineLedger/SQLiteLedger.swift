@@ -229,23 +229,64 @@ public final class SQLiteLedger: Ledger {
         }
     }
 
-    public func records(_ q: RecordQuery) async throws -> [LedgerRecord] {
+    /// The SELECT for a query; every filter is a bound argument.
+    static func select(_ q: RecordQuery) -> (String, StatementArguments) {
         var clauses: [String] = []
         var arguments: StatementArguments = []
-        if let after = q.afterSeq { clauses.append("seq > ?"); arguments += [after] }
-        if let state = q.state { clauses.append("state = ?"); arguments += [state.rawValue] }
-        if let profile = q.profile { clauses.append("profile = ?"); arguments += [profile] }
+        if let after = q.afterSeq {
+            clauses.append("seq > ?")
+            arguments += [after]
+        }
+        if let state = q.state {
+            clauses.append("state = ?")
+            arguments += [state.rawValue]
+        }
+        if let profile = q.profile {
+            clauses.append("profile = ?")
+            arguments += [profile]
+        }
         if let prefix = q.cnPrefix {
             clauses.append("substr(cn, 1, ?) = ?")
             arguments += [prefix.count, prefix]
+        }
+        if let workOrder = q.workOrder {
+            clauses.append("work_order = ?")
+            arguments += [workOrder]
+        }
+        if let since = q.createdSince {
+            clauses.append("created_at >= ?")
+            arguments += [Timestamp.millis(since)]
         }
         var sql = "SELECT * FROM records"
         if !clauses.isEmpty { sql += " WHERE " + clauses.joined(separator: " AND ") }
         sql += " ORDER BY seq"
         if let limit = q.limit { sql += " LIMIT \(limit)" }
+        return (sql, arguments)
+    }
+
+    public func records(_ q: RecordQuery) async throws -> [LedgerRecord] {
+        let (sql, arguments) = Self.select(q)
         return try guarded("reading the ledger") {
             try dbQueue.read { db in try Row.fetchAll(db, sql: sql, arguments: arguments).map(Self.record) }
         }
+    }
+
+    public func forEachRecord(_ q: RecordQuery, _ body: (LedgerRecord) throws -> Void) async throws {
+        try forEachSync(q, body)
+    }
+
+    private func forEachSync(_ q: RecordQuery, _ body: (LedgerRecord) throws -> Void) throws {
+        let (sql, arguments) = Self.select(q)
+        try guarded("reading the ledger") {
+            try dbQueue.read { db in
+                let cursor = try Row.fetchCursor(db, sql: sql, arguments: arguments)
+                while let row = try cursor.next() { try body(Self.record(row)) }
+            }
+        }
+    }
+
+    public func head() async throws -> (seq: Int64, hash: String) {
+        try guarded("reading the ledger") { try dbQueue.read { db in try Self.head(db) } }
     }
 
     public func events(recordSeq: Int64?, limit: Int?) async throws -> [LedgerEvent] {

@@ -131,6 +131,11 @@ public struct StationConfig: Sendable {
                     .configuration,
                     "\(fileName): [profiles.\(name)] uses CA '\(caName)', which has no [cas.\(caName)] section")
             }
+            guard cas[caName]?.status == .active else {
+                throw KeylineError(
+                    .configuration,
+                    "\(fileName): [profiles.\(name)] ca = '\(caName)' is retired; point the profile at an active CA")
+            }
             var keyTypes: Set<AllowedKeyType> = [.p256]
             if let list = try s.stringArray("key_types") {
                 keyTypes = []
@@ -147,7 +152,7 @@ public struct StationConfig: Sendable {
                     throw KeylineError(.configuration, "\(fileName): [profiles.\(name)] key_types is empty")
                 }
             }
-            let profile = Profile(
+            var profile = Profile(
                 name: name,
                 caName: caName,
                 cnPattern: try s.string("cn_pattern") ?? Profile.defaultCNPattern,
@@ -156,6 +161,7 @@ public struct StationConfig: Sendable {
                 keyTypes: keyTypes,
                 organization: try s.string("subject_organization"),
                 organizationalUnit: try s.string("subject_organizational_unit"))
+            profile.jitp = try Self.jitpSettings(&s, profile: name, directory: dir)
             try s.refuseUnknown()
             guard profile.validityDays > 0, profile.minValidityDays >= 0,
                 profile.minValidityDays <= profile.validityDays
@@ -208,6 +214,64 @@ public struct StationConfig: Sendable {
                 "no profile '\(wanted)' in \(Self.fileName) (profiles: \(known.isEmpty ? "none" : known))")
         }
         return p
+    }
+
+    /// Reads and checks a profile's backend keys; every error names the file, the table, the key and what is allowed.
+    static func jitpSettings(_ s: inout Section, profile name: String, directory: String) throws -> JITPSettings {
+        let table = "\(fileName): [profiles.\(name)]"
+        func prn(_ key: String, type: String) throws -> PRN? {
+            guard let text = try s.string(key) else { return nil }
+            switch PRN.parse(text, ofType: type) {
+            case .success(let value): return value
+            case .failure(let e): throw KeylineError(.configuration, "\(table) \(key): \(e.reason)")
+            }
+        }
+        var settings = JITPSettings()
+        settings.productName = try s.string("product_name")
+        if settings.productName?.isEmpty == true {
+            throw KeylineError(.configuration, "\(table) product_name is empty")
+        }
+        settings.productPRN = try prn("product_prn", type: "product")
+        settings.cohortPRN = try prn("cohort_prn", type: "cohort")
+        if let p = settings.productPRN, let c = settings.cohortPRN, p.organization != c.organization {
+            throw KeylineError(
+                .configuration,
+                "\(table) product_prn and cohort_prn belong to different organizations (\(p.organization), \(c.organization)); one profile serves one organization"
+            )
+        }
+        settings.tags = try s.stringArray("tags") ?? []
+        for tag in settings.tags {
+            if let why = JITPSettings.checkTag(tag) {
+                throw KeylineError(
+                    .configuration, "\(table) tags: \(why); tags are non-empty and hold no spaces or commas")
+            }
+        }
+        if let target = try s.string("target") {
+            guard target.range(of: "^[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+){1,3}$", options: .regularExpression) != nil else {
+                throw KeylineError(
+                    .configuration,
+                    "\(table) target '\(target)' is not a target triplet such as aarch64-unknown-linux-gnu")
+            }
+            settings.target = target
+        }
+        settings.description = try s.string("jitp_description")
+        if let template = try s.string("description_template") {
+            var source = template
+            if template.hasPrefix("@") {
+                let path = resolve(String(template.dropFirst()), in: directory)
+                guard let data = FileManager.default.contents(atPath: path) else {
+                    throw KeylineError(.configuration, "\(table) description_template file \(path) cannot be read")
+                }
+                source = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .newlines)
+            }
+            do {
+                _ = try DescriptionTemplate(source)
+            } catch let e as KeylineError {
+                throw KeylineError(.configuration, "\(table) \(e.reason)")
+            }
+            settings.descriptionTemplate = source
+        }
+        return settings
     }
 
     static func resolve(_ path: String, in dir: String) -> String {

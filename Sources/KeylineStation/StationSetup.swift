@@ -56,6 +56,7 @@ public enum StationSetup {
         try SafeFile.write(try dev.issuing.serializeAsPEM().pemString + "\n", to: "\(caDir)/ca.pem", exclusive: true)
         try SafeFile.write(try dev.root.serializeAsPEM().pemString + "\n", to: "\(caDir)/root.pem", exclusive: true)
 
+        try StationSigningKey.create(in: dir)
         let config = StationTemplate.render(stationID: stationID)
         // Parse what we are about to write, so a template mistake can never produce a broken station.
         _ = try StationConfig.parse(config, directory: dir)

@@ -41,6 +41,15 @@ enum StationTemplate {
         # subject_organization = "Example Devices Ltd"          # fixed O in every device subject
         # subject_organizational_unit = "Line 1"              # fixed OU
 
+        # What the backend assigns to these devices (keyline manifest jitp / manifest devices):
+        # product_name = "gateway"                                   # JITP settings name the product
+        # product_prn = "prn:1:<organization-uuid>:product:<uuid>"   # the device import manifest needs this
+        # cohort_prn = "prn:1:<organization-uuid>:cohort:<uuid>"     # same organization as the product
+        # tags = ["factory-a", "line-1"]                             # no spaces or commas
+        # target = "aarch64-unknown-linux-gnu"
+        # jitp_description = "Provisioned from factory line 1"
+        # description_template = "{{product_name}} {{cn}} ({{station_id}}, {{issued_at}})"   # or "@templates/x.mustache"
+
         """
     }
 }

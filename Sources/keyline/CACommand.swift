@@ -1,7 +1,9 @@
 import ArgumentParser
+import Crypto
 import Foundation
 import KeylineCore
 import KeylineCustody
+import KeylineLedger
 import KeylineStation
 import X509
 
@@ -9,7 +11,7 @@ struct CACommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ca",
         abstract: "Import and inspect the station's CAs.",
-        subcommands: [CAImport.self, CAShow.self]
+        subcommands: [CAList.self, CAShow.self, CAImport.self, CAVerificationCert.self]
     )
 }
 
@@ -129,6 +131,103 @@ struct CAShow: AsyncParsableCommand {
                       days left    \(e.days_left)\(e.issuing_days_left.map { " (can issue for \($0) more)" } ?? "")
 
                     """)
+            }
+        }
+    }
+}
+
+struct CAList: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "list", abstract: "One line per CA: status, profiles using it, expiry, fingerprint.")
+
+    @OptionGroup var options: StationOptions
+
+    func run() async throws {
+        try await runReporting(verbose: options.verbose) {
+            let config = try options.loadConfig()
+            let widths = [14, 9, 20, 22]
+            Console.out(Table.row(["CA", "STATUS", "PROFILES", "NOT AFTER", "SHA-256"], widths: widths))
+            for name in config.cas.keys.sorted() {
+                let c = config.cas[name]!
+                let ca = try CALoader.certificateOnly(c)
+                let users = config.profiles.values.filter { $0.caName == name }.map(\.name).sorted()
+                Console.out(
+                    Table.row(
+                        [
+                            name, c.status.rawValue, users.isEmpty ? "-" : users.joined(separator: ","),
+                            Timestamp.iso(ca.certificate.notValidAfter), ca.fingerprint,
+                        ], widths: widths))
+            }
+        }
+    }
+}
+
+struct CAVerificationCert: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verification-cert",
+        abstract: "Make the verification certificate the backend asks for when a CA is registered.",
+        discussion: """
+            The backend hands out a verification code; this signs an end-entity certificate whose subject CN is \
+            exactly that code with the CA's key (for a throwaway key), valid for --days (default 7). It proves the \
+            registrant holds the CA key. It is recorded in the ledger as an event, never as a device.
+
+            Example:
+              keyline ca verification-cert 5d3f0c2a9b --ca factory-2026 --out verification.pem
+            """
+    )
+
+    @OptionGroup var options: StationOptions
+    @Argument(help: "The verification code from the backend.") var code: String
+    @Option(name: .long, help: "The CA (default: the CA of profile 'default').") var ca: String?
+    @Option(name: .long, help: ArgumentHelp("Where to write the certificate (PEM).", valueName: "FILE")) var out: String
+    @Option(name: .long, help: "Validity in days (1-30).") var days: Int = 7
+    @Option(name: .long, help: ArgumentHelp("File holding the CA key's passphrase (mode 0600).", valueName: "FILE"))
+    var passphraseFile: String?
+    @Option(name: .long, help: "Operator recorded with the event.") var `operator`: String?
+
+    func validate() throws {
+        guard (1...30).contains(days) else { throw ValidationError("--days must be 1...30") }
+    }
+
+    func run() async throws {
+        try await runReporting(verbose: options.verbose) {
+            let station = try options.openStation()
+            let operatorName = station.config.operatorName(option: `operator`)
+            let caName = try ca ?? station.config.profile(nil).caName
+            let now = Date()
+            do {
+                if case .refuse(let rule, let reason) = try CNRule(pattern: ".+").check(code) {
+                    throw KeylineError.refused(rule, "verification code: " + reason)
+                }
+                guard let caConfig = station.config.cas[caName] else {
+                    throw KeylineError(.configuration, "no CA '\(caName)' in station.toml")
+                }
+                let loaded = try CALoader.load(
+                    caConfig,
+                    passphrases: PassphraseSources(
+                        explicitFile: passphraseFile, configuredFile: caConfig.passphraseFile,
+                        credentialsDirectory: ProcessInfo.processInfo.environment["CREDENTIALS_DIRECTORY"],
+                        allowPrompt: true),
+                    now: now)
+                var random = SystemRandomNumberGenerator()
+                let serial = try CertificateFactory.serial(
+                    fromRandom: (0..<20).map { _ in UInt8.random(in: 0...255, using: &random) })
+                let cert = try CertificateFactory.verificationCertificate(
+                    code: code, publicKey: Certificate.PublicKey(P256.Signing.PrivateKey().publicKey), ca: loaded.ca,
+                    signer: loaded.signer, serial: serial, now: now, validity: Double(days) * 86400)
+                let der = try CertificateFactory.der(cert)
+                // Recorded before the certificate leaves the station, like every certificate.
+                try await station.ledger.appendEvent(
+                    EventContent(
+                        kind: .verificationCertificate, recordSeq: nil, cn: code,
+                        detail: "CA '\(caName)' serial \(Hex.upper(serial.bytes)) SHA-256 \(Hex.sha256(der))",
+                        stationID: station.config.stationID, operatorName: operatorName, at: now))
+                try SafeFile.write(PEMText.encode(der), to: out)
+                Console.note("verification certificate for code '\(code)' signed by CA '\(caName)' written to \(out)")
+            } catch let error as KeylineError {
+                _ = try? await station.ledger.recordRefusal(
+                    cn: nil, reason: "verification-cert: \(error.reason)", operatorName: operatorName, at: now)
+                throw error
             }
         }
     }

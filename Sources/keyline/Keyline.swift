@@ -22,7 +22,11 @@ struct Keyline: AsyncParsableCommand {
             78 configuration error.
             """,
         version: "0.1.0",
-        subcommands: [InitCommand.self, CACommand.self, SignCommand.self, IssueCommand.self, LedgerCommand.self]
+        subcommands: [
+            InitCommand.self, CACommand.self, ProfileCommand.self, ConfigCommand.self, SignCommand.self,
+            IssueCommand.self,
+            LedgerCommand.self, ManifestCommand.self,
+        ]
     )
 
     /// Runs the command; usage errors get the same one-line `keyline: error:` form as every other failure.
@@ -56,6 +60,13 @@ struct StationOptions: ParsableArguments {
 
     @Flag(name: .long, help: "Print more detail with errors.")
     var verbose = false
+
+    /// Reads station.toml (without opening the ledger) and prints its warnings.
+    func loadConfig() throws -> StationConfig {
+        let config = try StationConfig.load(directory: Station.locate(explicit: station))
+        config.warnings.forEach(Console.warn)
+        return config
+    }
 
     /// Opens the station and prints the warnings every command owes its user.
     func openStation() throws -> Station {

@@ -103,7 +103,9 @@ def test_init_discards_root_key(station: Station):
     for f in station.path.rglob("*"):
         if f.is_file() and b"PRIVATE KEY" in f.read_bytes():
             holders.append(f.relative_to(station.path).as_posix())
-    assert holders == ["ca/dev/ca.key"], f"only the issuing CA key may be kept, found keys in {holders}"
+    # The issuing CA's key and the station's own manifest-signing key; never the root's.
+    assert sorted(holders) == ["ca/dev/ca.key", "secrets/station-signing.key"], f"unexpected keys kept: {holders}"
+    assert oct((station.path / "secrets/station-signing.key").stat().st_mode & 0o777) == "0o600"
 
 
 def test_init_ca_key_is_pbes2_pbkdf2_sha256_aes256cbc(station: Station):
