@@ -37,6 +37,9 @@ struct IssueCommand: AsyncParsableCommand {
     @Option(name: .long, help: "First sequence number for --cn-template.") var start: Int = 1
     @Option(name: .long, help: ArgumentHelp("Output directory.", valueName: "DIR")) var out: String
     @Option(name: .long, help: "Certificates committed per transaction.") var chunk: Int = 500
+    @Option(
+        name: .long, help: "Work order recorded with each certificate (manifest devices --work-order selects by it).")
+    var workOrder: String?
     @Option(name: .long, help: "Issuance profile (default: 'default').") var profile: String?
     @Option(name: .long, help: ArgumentHelp("File holding the CA key's passphrase (mode 0600).", valueName: "FILE"))
     var passphraseFile: String?
@@ -104,7 +107,7 @@ struct IssueCommand: AsyncParsableCommand {
                 do {
                     issued = try await issuer.issueBatch(
                         keys.map { Issuer.Request(cn: $0.cn, publicKey: Certificate.PublicKey($0.key.publicKey)) },
-                        origin: .station)
+                        origin: .station, workOrder: workOrder)
                 } catch {
                     batch.unstage(slice)
                     throw error

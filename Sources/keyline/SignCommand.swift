@@ -43,6 +43,9 @@ struct SignCommand: AsyncParsableCommand {
         name: .long,
         help: "Operator recorded with each certificate (default: $KEYLINE_OPERATOR, station.toml, login name).")
     var `operator`: String?
+    @Option(
+        name: .long, help: "Work order recorded with each certificate (manifest devices --work-order selects by it).")
+    var workOrder: String?
     @Option(name: .long, help: "Device hardware id recorded with the certificate (one CSR only).") var hardwareId:
         String?
 
@@ -65,7 +68,7 @@ struct SignCommand: AsyncParsableCommand {
             for path in csrs {
                 do {
                     let bytes = try readInput(path)
-                    let issued = try await issuer.sign(csrBytes: bytes, hardwareID: hardwareId)
+                    let issued = try await issuer.sign(csrBytes: bytes, hardwareID: hardwareId, workOrder: workOrder)
                     let pem = issued.pem + "\n" + chainPEM
                     // The record is durable now; only from here may the certificate leave the station.
                     do {

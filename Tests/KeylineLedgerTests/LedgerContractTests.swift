@@ -151,6 +151,45 @@ struct LedgerContractTests {
     }
 }
 
+@Suite("Ledger streaming")
+struct LedgerStreamingTests {
+    @Test(
+        "forEachRecord streams the same records as records(), in order, with every filter", arguments: Backend.allCases)
+    func streams(_ backend: Backend) async throws {
+        let ledger = try backend.make()
+        let early = t0
+        let late = t0.addingTimeInterval(3600)
+        for (i, cn) in ["a-1", "a-2", "b-1", "b-2"].enumerated() {
+            var c = content(reservation(cn), at: i < 2 ? early : late)
+            c.workOrder = i % 2 == 0 ? "WO-1" : "WO-2"
+            let fixed = c
+            try await ledger.issue(reservation(cn)) { _ in fixed }
+        }
+        let queries = [
+            RecordQuery(), RecordQuery(afterSeq: 2), RecordQuery(workOrder: "WO-1"), RecordQuery(createdSince: late),
+            RecordQuery(cnPrefix: "b-", workOrder: "WO-2"), RecordQuery(limit: 1),
+        ]
+        let expected: [[String]] = [
+            ["a-1", "a-2", "b-1", "b-2"], ["b-1", "b-2"], ["a-1", "b-1"], ["b-1", "b-2"], ["b-2"], ["a-1"],
+        ]
+        for (q, want) in zip(queries, expected) {
+            var seen: [String] = []
+            try await ledger.forEachRecord(q) { seen.append($0.content.cn) }
+            #expect(seen == want)
+            #expect(try await ledger.records(q).map(\.content.cn) == want)
+        }
+        let head = try await ledger.head()
+        #expect(head.seq == 4)
+        #expect(head.hash == (try await ledger.record(seq: 4))?.hash)
+    }
+
+    @Test("an empty ledger's head is the genesis", arguments: Backend.allCases)
+    func emptyHead(_ backend: Backend) async throws {
+        let head = try await backend.make().head()
+        #expect(head.seq == 0 && head.hash == LedgerRecord.genesisHash)
+    }
+}
+
 @Suite("Ledger tamper detection")
 struct TamperTests {
     func memoryWithRecords(_ n: Int) async throws -> InMemoryLedger {
