@@ -5,6 +5,10 @@ import KeylineCore
 import KeylineCustody
 import KeylineLedger
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// The device manifest formats.
 public enum ManifestFormat: String, Sendable, CaseIterable {
     /// The backend's Device Import Manifest, exactly.
@@ -59,7 +63,7 @@ public struct DeviceManifestExporter {
         let signing = try StationSigningKey.load(in: config.directory)
         let head = try await station.ledger.head()
         let tmp = path + ".tmp-\(getpid())"
-        guard let stream = OutputStream(toFileAtPath: tmp, append: false) else {
+        guard let stream = BufferedFileOutputStream(path: tmp) else {
             throw KeylineError(.ioError, "cannot create \(tmp)")
         }
         var rows = 0
@@ -100,8 +104,10 @@ public struct DeviceManifestExporter {
             unlink(tmp)
             throw KeylineError(.ioError, "cannot write \(path): \(error)")
         }
-        // (OutputStream.streamError is not implemented by corelibs Foundation; write failures surfaced above.)
-        stream.close()
+        guard stream.finish() else {
+            unlink(tmp)
+            throw KeylineError(.ioError, "cannot write \(path) (disk full or file not writable)")
+        }
         let (digest, size) = try Self.sha256(ofFile: tmp)
         guard rename(tmp, path) == 0 else {
             unlink(tmp)
@@ -297,5 +303,74 @@ public enum ManifestSignature {
             )
         }
         return summary
+    }
+}
+
+/// An OutputStream that buffers in memory and writes to a file descriptor in 1 MiB blocks.
+///
+/// CSV.swift writes one byte per `write` call; on a plain file stream that is one system call per byte (a
+/// million-device manifest took minutes). This keeps the library's quoting and makes the I/O block-sized.
+final class BufferedFileOutputStream: OutputStream {
+    private let fd: Int32
+    private var buffer: [UInt8] = []
+    private var failed = false
+    private var status: Stream.Status = .notOpen
+    static let blockSize = 1 << 20
+
+    /// Creates (truncating) `path` with `mode`.
+    init?(path: String, mode: mode_t = 0o644) {
+        fd = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        guard fd >= 0 else { return nil }
+        super.init(toMemory: ())
+        buffer.reserveCapacity(Self.blockSize)
+    }
+
+    required init(toMemory: ()) {
+        fd = -1
+        super.init(toMemory: ())
+    }
+
+    override var streamStatus: Stream.Status { status }
+    override var hasSpaceAvailable: Bool { !failed }
+    override func open() { status = .open }
+
+    override func write(_ bytes: UnsafePointer<UInt8>, maxLength len: Int) -> Int {
+        guard !failed else { return -1 }
+        buffer.append(contentsOf: UnsafeBufferPointer(start: bytes, count: len))
+        if buffer.count >= Self.blockSize && !flush() { return -1 }
+        return len
+    }
+
+    /// Writes what is buffered; false (and the stream fails) when the file system refuses.
+    @discardableResult
+    func flush() -> Bool {
+        var offset = 0
+        while offset < buffer.count {
+            let n = buffer[offset...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                failed = true
+                return false
+            }
+            offset += n
+        }
+        buffer.removeAll(keepingCapacity: true)
+        return true
+    }
+
+    /// Flushes, fsyncs and closes; false when any write failed.
+    func finish() -> Bool {
+        let ok = flush() && !failed && fsync(fd) == 0
+        Glibc.close(fd)
+        status = .closed
+        return ok
+    }
+
+    override func close() {
+        if status != .closed {
+            _ = flush()
+            Glibc.close(fd)
+            status = .closed
+        }
     }
 }

@@ -49,6 +49,22 @@ EXIT_KEY_GUARD = 77
 EXIT_CONFIG = 78
 
 DEFAULT_CN_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+
+# Backend settings of a product line (Station.add_jitp_profile): two organizations' PRNs, RFC 4122 UUIDs.
+ORG_A = "5b0f6c1e-2d3a-4f8b-9c7d-1e2f3a4b5c6d"
+ORG_B = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
+PRODUCT_PRN_A = f"prn:1:{ORG_A}:product:0d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+COHORT_PRN_A = f"prn:1:{ORG_A}:cohort:7e6d5c4b-3a2f-4e1d-9c0b-a1b2c3d4e5f6"
+COHORT_PRN_B = f"prn:1:{ORG_B}:cohort:3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f"
+JITP_PROFILE = {
+    "product_name": 'Gateway "GW-1" & <Co>',
+    "product_prn": PRODUCT_PRN_A,
+    "cohort_prn": COHORT_PRN_A,
+    "tags": ["factory-a", "line-1", "gw"],
+    "target": "aarch64-unknown-linux-gnu",
+    "jitp_description": "Provisioned from factory A, line 1 & 2",
+    "description_template": "{{product_name}} {{cn}} op={{operator}} {{work_order}}",
+}
 ERROR_PREFIX = "keyline: error: "
 PEM_CERT_RE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\s*", re.S)
 
@@ -289,6 +305,28 @@ class Station:
             lines.append(f"{k} = {toml_value(v)}")
         self.append_toml("\n".join(lines))
 
+    def set_toml_key(self, table: str, key: str, value):
+        """Sets `key = value` inside `[table]` of station.toml (replacing the key's line, else adding it under the
+        header), leaving every other line as it was."""
+        lines = self.toml_path.read_text().splitlines()
+        header = f"[{table}]"
+        starts = [i for i, l in enumerate(lines) if l.strip() == header]
+        assert len(starts) == 1, f"{header} appears {len(starts)} times in station.toml"
+        start = starts[0]
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+        line = f"{key} = {toml_value(value)}"
+        for i in range(start + 1, end):
+            if re.match(rf"\s*{re.escape(key)}\s*=", lines[i]):
+                lines[i] = line
+                break
+        else:
+            lines.insert(start + 1, line)
+        self.toml_path.write_text("\n".join(lines) + "\n")
+        node = self.config()
+        for part in table.split("."):
+            node = node[part]
+        assert node[key] == value, f"could not set {key} in {header}"
+
     def add_wide_profile(self, name="wide", key_types=("p256", "p384", "rsa2048")):
         """A second profile on the dev CA admitting more key types (by default every value the contract lists)."""
         self.add_profile(name, key_types=key_types)
@@ -299,6 +337,12 @@ class Station:
 
     def add_rsa_profile(self):
         return self.add_wide_profile("rsa", key_types=("p256", "rsa2048"))
+
+    def add_jitp_profile(self, name, ca="dev", **overrides):
+        """A profile with every backend key set (JITP_PROFILE); `overrides` replace keys, a value None drops one."""
+        keys = {**JITP_PROFILE, **overrides}
+        self.add_profile(name, ca=ca, **{k: v for k, v in keys.items() if v is not None})
+        return {k: v for k, v in keys.items() if v is not None}
 
     # --- ledger
     def db(self) -> sqlite3.Connection:
@@ -540,8 +584,10 @@ def make_issuing_ca(root: CAPair, cn="Test Issuing CA", not_before=None, not_aft
     return CAPair(key, b.sign(root.key, hashes.SHA256()))
 
 
-def install_ca_by_hand(st: Station, name: str, ca: CAPair, root: CAPair, passphrase: bytes = b"hand-made-passphrase-0123456789"):
-    """Writes ca/NAME/{ca.pem,ca.key,root.pem} and secrets/NAME.passphrase, appends [cas.NAME] and a profile NAME."""
+def install_ca_by_hand(st: Station, name: str, ca: CAPair, root: CAPair, passphrase: bytes = b"hand-made-passphrase-0123456789",
+                      status: str = "active", profile: bool = True):
+    """Writes ca/NAME/{ca.pem,ca.key,root.pem} and secrets/NAME.passphrase, appends [cas.NAME] (with `status`) and,
+    unless `profile=False`, a profile NAME using it."""
     d = st.path / "ca" / name
     d.mkdir(parents=True)
     os.chmod(d, 0o700)
@@ -560,12 +606,44 @@ def install_ca_by_hand(st: Station, name: str, ca: CAPair, root: CAPair, passphr
             f'key = "ca/{name}/ca.key"',
             f'chain = "ca/{name}/root.pem"',
             f'passphrase_file = "secrets/{name}.passphrase"',
-            'status = "active"',
+            f'status = "{status}"',
         ])
     )
-    st.add_profile(name, ca=name)
+    if profile:
+        st.add_profile(name, ca=name)
     return d
 
+
+
+@dataclass
+class ImportableCA:
+    """An issuing CA made elsewhere, as files for `keyline ca import`."""
+    root: CAPair
+    ca: CAPair
+    cert_file: Path
+    key_file: Path
+    root_file: Path
+    passfile: Path
+
+
+def make_importable_ca(d: Path, root_cn="Other Root", ca_cn="Other Issuing CA", passphrase=b"importable-passphrase-7f3a91c2e4",
+                       **ca_kwargs) -> ImportableCA:
+    """In directory d: an issuing CA (CA:TRUE pathlen:0 critical, keyCertSign+cRLSign, SKI, AKI) under its own root,
+    its key as encrypted PKCS#8 (PBKDF2, AES-256-CBC) with a 0600 passphrase file. `ca_kwargs` go to
+    make_issuing_ca (not_before, not_after, ...)."""
+    d.mkdir(parents=True, mode=0o700)
+    root = make_root(root_cn)
+    ca = make_issuing_ca(root, ca_cn, **ca_kwargs)
+    passfile = d / "passphrase"
+    write_secret(passfile, passphrase + b"\n")
+    plain = d / "plain.pem"
+    write_secret(plain, key_pem(ca.key))
+    key_file = d / "ca.key"
+    encrypt_pkcs8_pbkdf2(plain, key_file, passfile)
+    plain.unlink()
+    (d / "ca.pem").write_bytes(ca.pem)
+    (d / "root.pem").write_bytes(root.pem)
+    return ImportableCA(root, ca, d / "ca.pem", key_file, d / "root.pem", passfile)
 
 # --------------------------------------------------------------------------------------------------------------
 # Mutual TLS against openssl s_server
