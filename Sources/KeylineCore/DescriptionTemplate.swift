@@ -8,7 +8,7 @@ public struct DescriptionTemplate: Sendable {
     /// Every field a template may use.
     public static let fields: [String] = [
         "cn", "serial", "fingerprint", "not_before", "not_after", "issued_at", "station_id", "operator", "profile",
-        "product_name", "hardware_id", "work_order", "ca", "seq", "key_origin",
+        "product_name", "hardware_id", "work_order", "ca", "key_origin",
     ]
 
     public let source: String

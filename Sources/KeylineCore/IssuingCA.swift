@@ -87,12 +87,15 @@ public enum Timestamp {
             ).timeZone(separator: .omitted))
     }
 
-    /// ISO 8601 with milliseconds, for event and record timestamps.
+    /// ISO 8601 with milliseconds, for event and record timestamps. Built from the integer milliseconds, so a
+    /// timestamp read back from the ledger prints exactly as it was stored.
     public static func isoMillis(_ date: Date) -> String {
-        date.formatted(
-            .iso8601.year().month().day().dateSeparator(.dash).time(includingFractionalSeconds: true).timeSeparator(
-                .colon
-            ).timeZone(separator: .omitted))
+        let ms = millis(date)
+        let whole = Date(timeIntervalSince1970: Double(ms.floorDiv(1000)))
+        let frac = ms - ms.floorDiv(1000) * 1000
+        let base = iso(whole)
+        let fracText = String(frac)
+        return String(base.dropLast()) + "." + String(repeating: "0", count: 3 - fracText.count) + fracText + "Z"
     }
 
     /// Unix time in whole milliseconds, as the ledger stores timestamps.
@@ -111,4 +114,9 @@ public enum Timestamp {
         if let d = try? Date(text, strategy: .iso8601) { return d }
         return try? Date(text, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true))
     }
+}
+
+extension Int64 {
+    /// Division rounding toward negative infinity.
+    func floorDiv(_ d: Int64) -> Int64 { self >= 0 ? self / d : -((-self + d - 1) / d) }
 }

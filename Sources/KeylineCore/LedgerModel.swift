@@ -36,12 +36,15 @@ public struct RecordContent: Sendable, Equatable {
     public var notAfter: Date
     public var certificateDER: [UInt8]
     public var createdAt: Date
+    /// What the backend is to assign this device, fixed at issuance from the profile (nil for records made
+    /// before the ledger kept them).
+    public var attributes: DeviceAttributes?
 
     public init(
         cn: String, serialHex: String, certificateFingerprint: String, publicKeySHA256: String,
         caFingerprint: String, caName: String, profile: String, stationID: String, operatorName: String,
         keyOrigin: KeyOrigin, hardwareID: String?, workOrder: String? = nil, notBefore: Date, notAfter: Date,
-        certificateDER: [UInt8], createdAt: Date
+        certificateDER: [UInt8], createdAt: Date, attributes: DeviceAttributes? = nil
     ) {
         self.cn = cn
         self.serialHex = serialHex
@@ -61,6 +64,26 @@ public struct RecordContent: Sendable, Equatable {
         self.notAfter = Timestamp.wholeSeconds(notAfter)
         self.certificateDER = certificateDER
         self.createdAt = Timestamp.wholeMillis(createdAt)
+        self.attributes = attributes
+    }
+}
+
+/// A device's backend attributes as the profile gave them when its certificate was issued: the rendered
+/// description, tags, product, cohort and target. Kept in the record (and its hash), so a manifest exported later
+/// says what was decided at issuance even when the profile has changed since.
+public struct DeviceAttributes: Sendable, Equatable {
+    public var description: String
+    public var tags: [String]
+    public var productPRN: String?
+    public var cohortPRN: String?
+    public var target: String?
+
+    public init(description: String, tags: [String], productPRN: String?, cohortPRN: String?, target: String?) {
+        self.description = description
+        self.tags = tags
+        self.productPRN = productPRN
+        self.cohortPRN = cohortPRN
+        self.target = target
     }
 }
 
@@ -171,6 +194,15 @@ public enum ChainHash {
         h.add(String(Timestamp.seconds(c.notAfter)))
         h.add(Hex.sha256(c.certificateDER))
         h.add(String(Timestamp.millis(c.createdAt)))
+        // Added with the attributes; records without them hash exactly as before.
+        if let a = c.attributes {
+            h.add("attributes-v1")
+            h.add(a.description)
+            h.add(a.tags.joined(separator: ","))
+            h.add(a.productPRN)
+            h.add(a.cohortPRN)
+            h.add(a.target)
+        }
         return h.finish()
     }
 

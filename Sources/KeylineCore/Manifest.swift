@@ -108,31 +108,47 @@ public struct DeviceManifestRow: Sendable, Equatable {
         [identifier, description, tags.joined(separator: ","), productPRN, cohortPRN, certificates, target]
     }
 
-    /// Builds the row for `record` under `profile`, rendering the description template.
-    public init(record: LedgerRecord, profile: Profile, template: DescriptionTemplate?) {
+    /// Builds the row for `record`: the attributes fixed at issuance when the record has them, else (records from
+    /// before the ledger kept them) `profile`'s current settings and description template.
+    public init(record: LedgerRecord, profile: Profile?, template: DescriptionTemplate?) {
         let c = record.content
         self.record = record
         identifier = c.cn
-        tags = profile.jitp.tags
-        productPRN = profile.jitp.productPRN?.description ?? ""
-        cohortPRN = profile.jitp.cohortPRN?.description ?? ""
-        target = profile.jitp.target ?? ""
+        let a = c.attributes ?? profile.map { Self.attributes(for: c, profile: $0, template: template) }
+        description = a?.description ?? ""
+        tags = a?.tags ?? []
+        // A product the profile lacked at issuance may be filled in from its settings now (the backend needs one).
+        productPRN = a?.productPRN ?? profile?.jitp.productPRN?.description ?? ""
+        cohortPRN = a?.cohortPRN ?? ""
+        target = a?.target ?? ""
         // One certificate per device today; several would be joined by one blank line.
         certificates = PEMText.encode(c.certificateDER).trimmingCharacters(in: .newlines)
-        description =
-            template?.render(Self.templateFields(record: record, profile: profile)) ?? (profile.jitp.description ?? "")
     }
 
-    /// The values a description template can use for `record`.
-    public static func templateFields(record: LedgerRecord, profile: Profile) -> [String: String] {
-        let c = record.content
-        return [
+    /// The attributes `profile` gives a device issued as `content`: its settings and the rendered description.
+    public static func attributes(
+        for content: RecordContent, profile: Profile, template: DescriptionTemplate?
+    )
+        -> DeviceAttributes
+    {
+        let j = profile.jitp
+        return DeviceAttributes(
+            description: template?.render(templateFields(content: content, profile: profile)) ?? (j.description ?? ""),
+            tags: j.tags, productPRN: j.productPRN?.description, cohortPRN: j.cohortPRN?.description, target: j.target)
+    }
+
+    /// The values a description template can use; optional fields that are unset are absent, so a section such
+    /// as `{{#hardware_id}}…{{/hardware_id}}` renders only when there is one.
+    public static func templateFields(content c: RecordContent, profile: Profile) -> [String: String] {
+        var fields = [
             "cn": c.cn, "serial": c.serialHex, "fingerprint": c.certificateFingerprint,
             "not_before": Timestamp.iso(c.notBefore), "not_after": Timestamp.iso(c.notAfter),
             "issued_at": Timestamp.iso(c.createdAt), "station_id": c.stationID, "operator": c.operatorName,
-            "profile": c.profile, "product_name": profile.jitp.productName ?? "", "hardware_id": c.hardwareID ?? "",
-            "work_order": c.workOrder ?? "", "ca": c.caName, "seq": String(record.seq),
-            "key_origin": c.keyOrigin.rawValue,
+            "profile": c.profile, "ca": c.caName, "key_origin": c.keyOrigin.rawValue,
         ]
+        if let v = profile.jitp.productName, !v.isEmpty { fields["product_name"] = v }
+        if let v = c.hardwareID, !v.isEmpty { fields["hardware_id"] = v }
+        if let v = c.workOrder, !v.isEmpty { fields["work_order"] = v }
+        return fields
     }
 }

@@ -33,8 +33,8 @@ public final class Passphrase: @unchecked Sendable, CustomStringConvertible {
 }
 
 /// Where a CA key's passphrase may come from, in the order they are tried: an explicit `--passphrase-file`, the
-/// file `station.toml` names, the systemd credential `$CREDENTIALS_DIRECTORY/keyline-ca-passphrase`, a prompt when
-/// standard input is a terminal. Never argv, never an environment variable's value.
+/// file `station.toml` names, the systemd credential `$CREDENTIALS_DIRECTORY/keyline-ca-passphrase-NAME` (for CA
+/// NAME) or `keyline-ca-passphrase`, a prompt when standard input is a terminal. Never argv, never an environment variable's value.
 public struct PassphraseSources: Sendable {
     /// The systemd credential's name.
     public static let credentialName = "keyline-ca-passphrase"
@@ -43,15 +43,19 @@ public struct PassphraseSources: Sendable {
     public var configuredFile: String?
     public var credentialsDirectory: String?
     public var allowPrompt: Bool
+    /// The CA the passphrase is for: its own credential `keyline-ca-passphrase-NAME` is tried before the shared one,
+    /// so several CAs (a rotation, one per tenant) can each have theirs.
+    public var caName: String?
 
     public init(
         explicitFile: String? = nil, configuredFile: String? = nil, credentialsDirectory: String? = nil,
-        allowPrompt: Bool = false
+        allowPrompt: Bool = false, caName: String? = nil
     ) {
         self.explicitFile = explicitFile
         self.configuredFile = configuredFile
         self.credentialsDirectory = credentialsDirectory
         self.allowPrompt = allowPrompt
+        self.caName = caName
     }
 
     /// Resolves the passphrase for `keyPath`; throws ``KeylineError/Code/keyGuard`` when no source has one.
@@ -59,8 +63,13 @@ public struct PassphraseSources: Sendable {
         if let file = explicitFile { return try Self.read(file) }
         if let file = configuredFile { return try Self.read(file) }
         if let dir = credentialsDirectory, !dir.isEmpty {
-            let path = (dir as NSString).appendingPathComponent(Self.credentialName)
-            if FileManager.default.fileExists(atPath: path) { return try Self.read(path, what: "systemd credential") }
+            let names = (caName.map { ["\(Self.credentialName)-\($0)"] } ?? []) + [Self.credentialName]
+            for name in names {
+                let path = (dir as NSString).appendingPathComponent(name)
+                if FileManager.default.fileExists(atPath: path) {
+                    return try Self.read(path, what: "systemd credential")
+                }
+            }
         }
         if allowPrompt, isatty(STDIN_FILENO) == 1, let typed = Self.prompt("Passphrase for \(keyPath): ") {
             return Passphrase(bytes: typed, source: "terminal prompt")

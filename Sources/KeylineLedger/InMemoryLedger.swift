@@ -129,8 +129,21 @@ public final class InMemoryLedger: Ledger {
         }
     }
 
-    public func forEachRecord(_ q: RecordQuery, _ body: (LedgerRecord) throws -> Void) async throws {
-        for r in try await records(q) { try body(r) }
+    @discardableResult
+    public func forEachRecord(
+        _ q: RecordQuery, _ body: (LedgerRecord) throws -> Void
+    ) async throws -> (
+        seq: Int64, hash: String
+    ) {
+        let (selected, head) = state.withLock { s in
+            let out = s.records.filter(q.matches)
+            return (
+                q.limit.map { Array(out.prefix($0)) } ?? out,
+                (Int64(s.records.count), s.records.last?.hash ?? LedgerRecord.genesisHash)
+            )
+        }
+        for r in selected { try body(r) }
+        return head
     }
 
     public func head() async throws -> (seq: Int64, hash: String) {

@@ -113,8 +113,11 @@ public protocol Ledger: Sendable {
     func records(_ query: RecordQuery) async throws -> [LedgerRecord]
 
     /// Streams records in sequence order through `body`, holding one at a time: memory stays flat whatever the
-    /// ledger's size.
-    func forEachRecord(_ query: RecordQuery, _ body: (LedgerRecord) throws -> Void) async throws
+    /// ledger's size. Returns the chain head of the same snapshot the records were read from.
+    @discardableResult
+    func forEachRecord(
+        _ query: RecordQuery, _ body: (LedgerRecord) throws -> Void
+    ) async throws -> (seq: Int64, hash: String)
 
     /// The chain head: the last record's sequence number and hash (0 and the genesis hash when empty).
     func head() async throws -> (seq: Int64, hash: String)

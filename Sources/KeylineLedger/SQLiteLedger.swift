@@ -103,6 +103,33 @@ public final class SQLiteLedger: Ledger {
                     BEGIN SELECT RAISE(ABORT, 'keyline ledger: events are append-only'); END;
                     """)
         }
+        // v2: the device's backend attributes, fixed at issuance. The rewrite trigger is re-created to cover them.
+        m.registerMigration("v2") { db in
+            try db.execute(
+                sql: """
+                    ALTER TABLE records ADD COLUMN has_attributes INTEGER NOT NULL DEFAULT 0;
+                    ALTER TABLE records ADD COLUMN description TEXT;
+                    ALTER TABLE records ADD COLUMN tags TEXT;
+                    ALTER TABLE records ADD COLUMN product_prn TEXT;
+                    ALTER TABLE records ADD COLUMN cohort_prn TEXT;
+                    ALTER TABLE records ADD COLUMN target TEXT;
+                    CREATE INDEX records_work_order ON records(work_order, seq);
+                    DROP TRIGGER records_no_rewrite;
+                    CREATE TRIGGER records_no_rewrite BEFORE UPDATE ON records
+                    WHEN NEW.seq IS NOT OLD.seq OR NEW.cn IS NOT OLD.cn OR NEW.serial_hex IS NOT OLD.serial_hex
+                      OR NEW.cert_sha256 IS NOT OLD.cert_sha256 OR NEW.pubkey_sha256 IS NOT OLD.pubkey_sha256
+                      OR NEW.ca_sha256 IS NOT OLD.ca_sha256 OR NEW.ca_name IS NOT OLD.ca_name OR NEW.profile IS NOT OLD.profile
+                      OR NEW.station_id IS NOT OLD.station_id OR NEW.operator IS NOT OLD.operator
+                      OR NEW.key_origin IS NOT OLD.key_origin OR NEW.hardware_id IS NOT OLD.hardware_id
+                      OR NEW.work_order IS NOT OLD.work_order OR NEW.not_before IS NOT OLD.not_before
+                      OR NEW.not_after IS NOT OLD.not_after OR NEW.cert_der IS NOT OLD.cert_der
+                      OR NEW.created_at IS NOT OLD.created_at OR NEW.prev_hash IS NOT OLD.prev_hash OR NEW.hash IS NOT OLD.hash
+                      OR NEW.has_attributes IS NOT OLD.has_attributes OR NEW.description IS NOT OLD.description
+                      OR NEW.tags IS NOT OLD.tags OR NEW.product_prn IS NOT OLD.product_prn
+                      OR NEW.cohort_prn IS NOT OLD.cohort_prn OR NEW.target IS NOT OLD.target
+                    BEGIN SELECT RAISE(ABORT, 'keyline ledger: only a record''s state may change'); END;
+                    """)
+        }
         return m
     }
 
@@ -271,16 +298,26 @@ public final class SQLiteLedger: Ledger {
         }
     }
 
-    public func forEachRecord(_ q: RecordQuery, _ body: (LedgerRecord) throws -> Void) async throws {
+    @discardableResult
+    public func forEachRecord(
+        _ q: RecordQuery, _ body: (LedgerRecord) throws -> Void
+    ) async throws -> (
+        seq: Int64, hash: String
+    ) {
         try forEachSync(q, body)
     }
 
-    private func forEachSync(_ q: RecordQuery, _ body: (LedgerRecord) throws -> Void) throws {
+    private func forEachSync(
+        _ q: RecordQuery, _ body: (LedgerRecord) throws -> Void
+    ) throws -> (seq: Int64, hash: String) {
         let (sql, arguments) = Self.select(q)
-        try guarded("reading the ledger") {
+        return try guarded("reading the ledger") {
+            // One read transaction: the head belongs to the same snapshot as the records.
             try dbQueue.read { db in
+                let head = try Self.head(db)
                 let cursor = try Row.fetchCursor(db, sql: sql, arguments: arguments)
                 while let row = try cursor.next() { try body(Self.record(row)) }
+                return head
             }
         }
     }
@@ -370,16 +407,16 @@ public final class SQLiteLedger: Ledger {
             sql: """
                 INSERT INTO records (seq, cn, serial_hex, cert_sha256, pubkey_sha256, ca_sha256, ca_name, profile, station_id,
                   operator, key_origin, hardware_id, work_order, not_before, not_after, cert_der, state, created_at, updated_at,
-                  prev_hash, hash)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                  prev_hash, hash, has_attributes, description, tags, product_prn, cohort_prn, target)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """,
             arguments: [
                 r.seq, c.cn, c.serialHex, c.certificateFingerprint, c.publicKeySHA256, c.caFingerprint, c.caName,
-                c.profile,
-                c.stationID, c.operatorName, c.keyOrigin.rawValue, c.hardwareID, c.workOrder,
-                Timestamp.seconds(c.notBefore),
-                Timestamp.seconds(c.notAfter), Data(c.certificateDER), r.state.rawValue, Timestamp.millis(c.createdAt),
-                Timestamp.millis(r.updatedAt), r.prevHash, r.hash,
+                c.profile, c.stationID, c.operatorName, c.keyOrigin.rawValue, c.hardwareID, c.workOrder,
+                Timestamp.seconds(c.notBefore), Timestamp.seconds(c.notAfter), Data(c.certificateDER), r.state.rawValue,
+                Timestamp.millis(c.createdAt), Timestamp.millis(r.updatedAt), r.prevHash, r.hash,
+                c.attributes == nil ? 0 : 1, c.attributes?.description, c.attributes?.tags.joined(separator: ","),
+                c.attributes?.productPRN, c.attributes?.cohortPRN, c.attributes?.target,
             ])
     }
 
@@ -412,10 +449,19 @@ public final class SQLiteLedger: Ledger {
             keyOrigin: KeyOrigin(rawValue: row["key_origin"] ?? "") ?? .device, hardwareID: row["hardware_id"],
             workOrder: row["work_order"], notBefore: Date(timeIntervalSince1970: Double(row["not_before"] as Int64)),
             notAfter: Date(timeIntervalSince1970: Double(row["not_after"] as Int64)), certificateDER: Array(der),
-            createdAt: Timestamp.fromMillis(row["created_at"]))
+            createdAt: Timestamp.fromMillis(row["created_at"]), attributes: attributes(row))
         return LedgerRecord(
             seq: row["seq"], content: content, state: RecordState(rawValue: row["state"] ?? "") ?? .failed,
             updatedAt: Timestamp.fromMillis(row["updated_at"]), prevHash: row["prev_hash"], hash: row["hash"])
+    }
+
+    static func attributes(_ row: Row) -> DeviceAttributes? {
+        guard (row["has_attributes"] as Int?) == 1 else { return nil }
+        let tags: String = row["tags"] ?? ""
+        return DeviceAttributes(
+            description: row["description"] ?? "",
+            tags: tags.isEmpty ? [] : tags.split(separator: ",").map(String.init),
+            productPRN: row["product_prn"], cohortPRN: row["cohort_prn"], target: row["target"])
     }
 
     static func event(_ row: Row) -> LedgerEvent {

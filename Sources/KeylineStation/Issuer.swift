@@ -35,7 +35,11 @@ public struct Issuer: Sendable {
         self.policy = try IssuancePolicy(profile: profile)
         self.loaded = loaded
         self.operatorName = operatorName
+        self.descriptionTemplate = try profile.jitp.descriptionTemplate.map(DescriptionTemplate.init)
     }
+
+    /// The profile's description template, compiled once; rendered per device at issuance.
+    let descriptionTemplate: DescriptionTemplate?
 
     /// Refuses `error` on the record: appends a `refused` event (the only trace a refusal leaves) and rethrows.
     public func refuse(_ error: KeylineError, cn: String?) async throws -> Never {
@@ -142,12 +146,14 @@ public struct Issuer: Sendable {
             cn: r.cn, publicKey: publicKey, profile: profile, ca: loaded.ca, signer: loaded.signer, serial: serial,
             notBefore: validity.notBefore, notAfter: validity.notAfter)
         let der = try CertificateFactory.der(cert)
-        let content = RecordContent(
+        var content = RecordContent(
             cn: r.cn, serialHex: Hex.upper(serial.bytes), certificateFingerprint: Hex.sha256(der),
             publicKeySHA256: r.publicKeySHA256, caFingerprint: loaded.ca.fingerprint, caName: loaded.ca.name,
             profile: profile.name, stationID: station.config.stationID, operatorName: operatorName, keyOrigin: origin,
             hardwareID: hardwareID, workOrder: workOrder, notBefore: validity.notBefore, notAfter: validity.notAfter,
             certificateDER: der, createdAt: at)
+        // The backend attributes are decided now, with the description rendered from this very record.
+        content.attributes = DeviceManifestRow.attributes(for: content, profile: profile, template: descriptionTemplate)
         return (content, cert)
     }
 

@@ -58,37 +58,40 @@ public struct DeviceManifestExporter {
     /// Writes the manifest to `path` (atomically), its summary and signature, and the ledger event.
     public func export(to path: String, now: Date = Date()) async throws -> ExportSummary {
         let config = station.config
-        var templates: [String: DescriptionTemplate?] = [:]
+        var templates: [String: DescriptionTemplate] = [:]
         var checked: Set<String> = []
         let signing = try StationSigningKey.load(in: config.directory)
-        let head = try await station.ledger.head()
         let tmp = path + ".tmp-\(getpid())"
         guard let stream = BufferedFileOutputStream(path: tmp) else {
             throw KeylineError(.ioError, "cannot create \(tmp)")
         }
         var rows = 0
+        var head: (seq: Int64, hash: String) = (0, LedgerRecord.genesisHash)
         var first: Int64?
         var last: Int64?
         let writer = try RowWriter(format: format, stream: stream)
         do {
-            try await station.ledger.forEachRecord(query) { record in
+            head = try await station.ledger.forEachRecord(query) { record in
                 if query.state == nil && !Self.defaultStates.contains(record.state) { return }
                 let name = record.content.profile
-                guard let profile = config.profiles[name] else {
-                    throw KeylineError(
-                        .configuration,
-                        "record seq \(record.seq) was issued under profile '\(name)', which station.toml no longer has")
-                }
+                let profile = config.profiles[name]
                 if !checked.contains(name) {
-                    guard profile.jitp.productPRN != nil else {
-                        throw KeylineError(
-                            .configuration,
-                            "profile '\(name)' has no product_prn, which the device import manifest requires")
-                    }
-                    templates[name] = try profile.jitp.descriptionTemplate.map(DescriptionTemplate.init)
+                    templates[name] = try profile?.jitp.descriptionTemplate.map(DescriptionTemplate.init)
                     checked.insert(name)
                 }
-                let row = DeviceManifestRow(record: record, profile: profile, template: templates[name] ?? nil)
+                if record.content.attributes == nil && profile == nil {
+                    throw KeylineError(
+                        .configuration,
+                        "record seq \(record.seq) was issued under profile '\(name)', which station.toml no longer has, before the ledger kept device attributes"
+                    )
+                }
+                let row = DeviceManifestRow(record: record, profile: profile, template: templates[name])
+                guard !row.productPRN.isEmpty else {
+                    throw KeylineError(
+                        .configuration,
+                        "record seq \(record.seq) (profile '\(name)') has no product_prn, which the device import manifest requires; set product_prn in [profiles.\(name)]"
+                    )
+                }
                 try writer.write(row)
                 rows += 1
                 if first == nil { first = record.seq }
@@ -120,7 +123,7 @@ public struct DeviceManifestExporter {
             first_seq: first, last_seq: last, ledger_head_seq: head.seq, ledger_head_hash: head.hash,
             station_id: config.stationID, profile: query.profile, work_order: query.workOrder,
             state: query.state?.rawValue,
-            since: query.createdSince.map(Timestamp.iso), since_seq: query.afterSeq,
+            since: query.createdSince.map(Timestamp.isoMillis), since_seq: query.afterSeq,
             created_at: Timestamp.isoMillis(now),
             signing_key_sha256: Hex.sha256(signing.key.publicKey.derRepresentation))
         try ManifestSignature.write(summary: summary, for: path, key: signing.key)
@@ -211,19 +214,19 @@ struct DeviceJSON: Encodable {
     var description: String
     var tags: [String]
     var product_prn: String
-    var cohort_prn: String?
+    @Nullable var cohort_prn: String?
     var certificates: [String]
-    var target: String?
+    @Nullable var target: String?
     var seq: Int64
     var serial: String
     var fingerprint: String
-    var aki: String?
+    @Nullable var aki: String?
     var not_before: String
     var not_after: String
     var station_id: String
     var `operator`: String
-    var hardware_id: String?
-    var work_order: String?
+    @Nullable var hardware_id: String?
+    @Nullable var work_order: String?
     var profile: String
     var ca: String
     var state: String

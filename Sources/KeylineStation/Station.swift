@@ -41,7 +41,7 @@ public struct Station: Sendable {
             }
             let sources = PassphraseSources(
                 explicitFile: passphraseFile, configuredFile: caConfig.passphraseFile,
-                credentialsDirectory: credentialsDirectory, allowPrompt: true)
+                credentialsDirectory: credentialsDirectory, allowPrompt: true, caName: caConfig.name)
             let loaded = try CALoader.load(caConfig, passphrases: sources, now: now)
             return try Issuer(station: self, profile: profile, loaded: loaded, operatorName: operatorName)
         } catch let error as KeylineError {
@@ -107,7 +107,8 @@ public enum CALoader {
     public static func load(_ c: CAConfig, passphrases: PassphraseSources, now: Date) throws -> LoadedCA {
         guard c.status == .active else {
             throw KeylineError(
-                .configuration, "CA '\(c.name)' is retired and signs nothing more; switch the profile to an active CA")
+                .configuration,
+                "CA '\(c.name)' is retired (status = \"retired\" in station.toml) and signs nothing more")
         }
         let ca = try certificateOnly(c)
         let verdict = IssuingCA.checkIsCA(ca.certificate)

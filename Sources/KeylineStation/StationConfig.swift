@@ -129,7 +129,8 @@ public struct StationConfig: Sendable {
             guard cas[caName] != nil else {
                 throw KeylineError(
                     .configuration,
-                    "\(fileName): [profiles.\(name)] uses CA '\(caName)', which has no [cas.\(caName)] section")
+                    "\(fileName): [profiles.\(name)] ca = '\(caName)' has no [cas.\(caName)] section (CAs: \(cas.keys.sorted().joined(separator: ", ")))"
+                )
             }
             guard cas[caName]?.status == .active else {
                 throw KeylineError(
@@ -341,7 +342,10 @@ struct Section {
 
     func refuseUnknown() throws {
         for key in table.keys.sorted() where !used.contains(key) {
-            throw KeylineError(.configuration, "\(StationConfig.fileName): unknown key '\(key)' in \(name)")
+            throw KeylineError(
+                .configuration,
+                "\(StationConfig.fileName): unknown key '\(key)' in \(name) (allowed: \(used.sorted().joined(separator: ", ")))"
+            )
         }
     }
 }

@@ -108,7 +108,7 @@ public enum StationSetup {
             passphrases: PassphraseSources(
                 explicitFile: absPassFile,
                 credentialsDirectory: ProcessInfo.processInfo.environment["CREDENTIALS_DIRECTORY"],
-                allowPrompt: true))
+                allowPrompt: true, caName: name))
         try CALoader.checkMatch(key, cert, keyPath: keyPath, certPath: certPath)
         let issuing = try IssuingCA(name: name, certificate: cert, chain: chain)
         if case .refuse(_, let reason) = issuing.checkValidity(at: now) {

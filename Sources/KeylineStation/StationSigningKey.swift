@@ -23,7 +23,16 @@ public enum StationSigningKey {
     /// Opens the station's key through the key guard, making it first for a station that predates it.
     public static func load(in directory: String) throws -> (key: P256.Signing.PrivateKey, created: Bool) {
         let path = "\(directory)/\(privatePath)"
-        if !FileManager.default.fileExists(atPath: path) { return (try create(in: directory), true) }
+        if !FileManager.default.fileExists(atPath: path) {
+            // A public key without its private key: QA may hold that public key, so never replace it silently.
+            if FileManager.default.fileExists(atPath: "\(directory)/\(publicPath)") {
+                throw KeylineError(
+                    .keyGuard,
+                    "station signing key \(path) is missing but \(directory)/\(publicPath) exists; restore the key from backup, or move \(publicPath) aside to make a new pair (and give QA the new public key)"
+                )
+            }
+            return (try create(in: directory), true)
+        }
         let bytes = try FileGuard.readSecretFile(path, what: "station signing key")
         do {
             return (try P256.Signing.PrivateKey(pemRepresentation: String(decoding: bytes, as: UTF8.self)), false)

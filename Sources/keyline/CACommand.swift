@@ -145,19 +145,17 @@ struct CAList: AsyncParsableCommand {
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
             let config = try options.loadConfig()
-            let widths = [14, 9, 20, 22]
-            Console.out(Table.row(["CA", "STATUS", "PROFILES", "NOT AFTER", "SHA-256"], widths: widths))
+            var rows: [[String]] = []
             for name in config.cas.keys.sorted() {
                 let c = config.cas[name]!
                 let ca = try CALoader.certificateOnly(c)
                 let users = config.profiles.values.filter { $0.caName == name }.map(\.name).sorted()
-                Console.out(
-                    Table.row(
-                        [
-                            name, c.status.rawValue, users.isEmpty ? "-" : users.joined(separator: ","),
-                            Timestamp.iso(ca.certificate.notValidAfter), ca.fingerprint,
-                        ], widths: widths))
+                rows.append([
+                    name, c.status.rawValue, users.isEmpty ? "-" : users.joined(separator: ","),
+                    Timestamp.iso(ca.certificate.notValidAfter), ca.fingerprint,
+                ])
             }
+            Console.out(Table.render(["CA", "STATUS", "PROFILES", "NOT AFTER", "SHA-256"], rows))
         }
     }
 }
@@ -207,7 +205,7 @@ struct CAVerificationCert: AsyncParsableCommand {
                     passphrases: PassphraseSources(
                         explicitFile: passphraseFile, configuredFile: caConfig.passphraseFile,
                         credentialsDirectory: ProcessInfo.processInfo.environment["CREDENTIALS_DIRECTORY"],
-                        allowPrompt: true),
+                        allowPrompt: true, caName: caName),
                     now: now)
                 var random = SystemRandomNumberGenerator()
                 let serial = try CertificateFactory.serial(

@@ -123,16 +123,3 @@ enum Console {
         out(String(decoding: try encoder.encode(value), as: UTF8.self) + "\n")
     }
 }
-
-/// Encodes `nil` as JSON `null` instead of leaving the key out, so every record has the same keys.
-@propertyWrapper
-struct Nullable<T: Encodable>: Encodable {
-    var wrappedValue: T?
-
-    init(wrappedValue: T?) { self.wrappedValue = wrappedValue }
-
-    func encode(to encoder: Encoder) throws {
-        var c = encoder.singleValueContainer()
-        if let wrappedValue { try c.encode(wrappedValue) } else { try c.encodeNil() }
-    }
-}

@@ -136,6 +136,7 @@ struct LedgerList: AsyncParsableCommand {
     @OptionGroup var options: StationOptions
     @Option(name: .long, help: "Only records in this state (issued, delivered, failed, revoked).") var state: String?
     @Option(name: .long, help: "Only records issued under this profile.") var profile: String?
+    @Option(name: .long, help: "Only records of this work order.") var workOrder: String?
     @Option(name: .long, help: "At most this many records.") var limit: Int?
     @Flag(name: .long, help: "Print JSON.") var json = false
 
@@ -151,7 +152,9 @@ struct LedgerList: AsyncParsableCommand {
         try await runReporting(verbose: options.verbose) {
             let station = try options.openStation()
             let records = try await station.ledger.records(
-                RecordQuery(limit: limit, state: state.flatMap(RecordState.init(rawValue:)), profile: profile))
+                RecordQuery(
+                    limit: limit, state: state.flatMap(RecordState.init(rawValue:)), profile: profile,
+                    workOrder: workOrder))
             if json {
                 try Console.json(["records": records.map(RecordJSON.init)])
                 return
@@ -232,6 +235,7 @@ struct LedgerShow: AsyncParsableCommand {
                   operator     \(c.operatorName)
                   key origin   \(c.keyOrigin.rawValue)
                   hardware id  \(c.hardwareID ?? "-")
+                  work order   \(c.workOrder ?? "-")
                   valid        \(Timestamp.iso(c.notBefore)) .. \(Timestamp.iso(c.notAfter))
                   issued at    \(Timestamp.isoMillis(c.createdAt))
                   hash         \(record.hash)

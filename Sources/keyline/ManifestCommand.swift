@@ -163,9 +163,15 @@ struct ManifestDevices: AsyncParsableCommand {
             } else {
                 let dir = "\(station.config.directory)/exports"
                 try createDirectory(dir)
-                let stamp = Timestamp.iso(now).replacingOccurrences(of: ":", with: "").replacingOccurrences(
+                let stamp = Timestamp.isoMillis(now).replacingOccurrences(of: ":", with: "").replacingOccurrences(
                     of: "-", with: "")
                 path = "\(dir)/devices-\(stamp).\(format)"
+            }
+            // An export is evidence: never replace one silently.
+            for existing in [path, ManifestSignature.summaryPath(path)]
+            where FileManager.default.fileExists(atPath: existing) {
+                throw KeylineError(
+                    .ioError, "\(existing) already exists; choose another --out or move the old export away")
             }
             let query = RecordQuery(
                 afterSeq: sinceSeq, state: state.flatMap(RecordState.init(rawValue:)), profile: profile,
@@ -174,8 +180,9 @@ struct ManifestDevices: AsyncParsableCommand {
             let exporter = DeviceManifestExporter(
                 station: station, format: ManifestFormat(rawValue: format)!, query: query)
             let summary = try await exporter.export(to: path, now: now)
+            let range = summary.first_seq.map { "seq \($0)–\(summary.last_seq ?? $0)" } ?? "no records"
             Console.note(
-                "exported \(summary.rows) device(s) to \(path) (seq \(summary.first_seq.map(String.init) ?? "-")–\(summary.last_seq.map(String.init) ?? "-"), SHA-256 \(summary.sha256)); signed summary in \(ManifestSignature.summaryPath(path))"
+                "exported \(summary.rows) device(s) to \(path) (\(range), SHA-256 \(summary.sha256)); signed summary in \(ManifestSignature.summaryPath(path))"
             )
         }
     }

@@ -61,18 +61,15 @@ struct ProfileList: AsyncParsableCommand {
                 try Console.json(["profiles": profiles.map(ProfileJSON.init)])
                 return
             }
-            Console.out(
-                Table.row(["PROFILE", "CA", "KEYS", "PRODUCT", "COHORT", "TAGS"], widths: [14, 12, 14, 20, 12]))
-            for p in profiles {
-                Console.out(
-                    Table.row(
-                        [
-                            p.name, p.caName, p.keyTypes.map(\.rawValue).sorted().joined(separator: ","),
-                            p.jitp.productName ?? "-",
-                            p.jitp.cohortPRN.map { String($0.id?.prefix(8) ?? "") + "…" } ?? "-",
-                            p.jitp.tags.joined(separator: ","),
-                        ], widths: [14, 12, 14, 20, 12]))
+            let rows = profiles.map { p in
+                [
+                    p.name, p.caName, p.keyTypes.map(\.rawValue).sorted().joined(separator: ","),
+                    p.jitp.productName ?? "-",
+                    p.jitp.cohortPRN?.description ?? "-",
+                    p.jitp.tags.isEmpty ? "-" : p.jitp.tags.joined(separator: ","),
+                ]
             }
+            Console.out(Table.render(["PROFILE", "CA", "KEYS", "PRODUCT", "COHORT", "TAGS"], rows))
         }
     }
 }
@@ -143,18 +140,14 @@ struct ConfigCheck: AsyncParsableCommand {
 }
 
 enum Table {
-    /// Pads each column but the last to its width.
-    static func row(_ cells: [String], widths: [Int]) -> String {
-        var line = ""
-        for (i, cell) in cells.enumerated() {
-            if i < widths.count {
-                line +=
-                    cell.count >= widths[i]
-                    ? cell + " " : cell.padding(toLength: widths[i], withPad: " ", startingAt: 0)
-            } else {
-                line += cell
-            }
-        }
-        return line + "\n"
+    /// Renders rows under a header, each column as wide as its widest cell plus two spaces (the last unpadded).
+    static func render(_ header: [String], _ rows: [[String]]) -> String {
+        let all = [header] + rows
+        let widths = (0..<header.count).map { c in all.map { $0[c].count }.max()! + 2 }
+        return all.map { row in
+            row.enumerated().map { c, cell in
+                c == row.count - 1 ? cell : cell.padding(toLength: widths[c], withPad: " ", startingAt: 0)
+            }.joined()
+        }.joined(separator: "\n") + "\n"
     }
 }

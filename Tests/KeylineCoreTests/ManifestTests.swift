@@ -141,14 +141,27 @@ struct JITPRegistrationTests {
             notBefore: TestPKI.now, notAfter: TestPKI.now, certificateDER: der, createdAt: TestPKI.now)
         let record = LedgerRecord(
             seq: 7, content: content, state: .issued, updatedAt: TestPKI.now, prevHash: "", hash: "")
-        let row = DeviceManifestRow(
-            record: record, profile: profile, template: try DescriptionTemplate("{{cn}} #{{seq}}"))
+        let template = try DescriptionTemplate(
+            "{{cn}} by {{operator}}{{#hardware_id}} hw {{hardware_id}}{{/hardware_id}}")
+        let row = DeviceManifestRow(record: record, profile: profile, template: template)
         #expect(row.csvFields[0] == "dev-1")
-        #expect(row.description == "dev-1 #7")
+        #expect(row.description == "dev-1 by op", "an unset hardware_id hides its section")
         #expect(row.csvFields[2] == "a,b")
         #expect(row.csvFields[6] == "")
         #expect(try Certificate(pemEncoded: row.certificates) == cert)
         #expect(try CertificateFactory.authorityKeyIdentifierHex(der: der) == Hex.upper(pki.ca.subjectKeyIdentifier))
+
+        // Attributes fixed at issuance win over the profile's settings of today.
+        var fixed = record
+        fixed.content.attributes = DeviceAttributes(
+            description: "as issued", tags: ["old"], productPRN: nil, cohortPRN: nil, target: "x86_64-unknown-linux-gnu"
+        )
+        let later = DeviceManifestRow(record: fixed, profile: profile, template: template)
+        #expect(later.description == "as issued" && later.tags == ["old"] && later.target == "x86_64-unknown-linux-gnu")
+        #expect(later.cohortPRN == "")
+        #expect(
+            later.productPRN == profile.jitp.productPRN?.description, "a missing product is filled from the profile")
+        #expect(DeviceManifestRow(record: fixed, profile: nil, template: nil).description == "as issued")
     }
 
     @Test("the verification certificate has the code as its CN and verifies under the CA")

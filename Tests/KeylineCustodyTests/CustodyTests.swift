@@ -218,6 +218,19 @@ struct PassphraseSourceTests {
         #expect(try credential.resolve(for: "k").bytes == Array("three".utf8))
     }
 
+    @Test("a CA's own systemd credential wins over the shared one")
+    func perCACredential() throws {
+        let dir = try tempDir()
+        try writeFile("\(dir)/\(PassphraseSources.credentialName)", "shared", mode: 0o400)
+        try writeFile("\(dir)/\(PassphraseSources.credentialName)-factory-2027", "own", mode: 0o400)
+        #expect(
+            try PassphraseSources(credentialsDirectory: dir, caName: "factory-2027").resolve(for: "k").bytes
+                == Array("own".utf8))
+        #expect(
+            try PassphraseSources(credentialsDirectory: dir, caName: "dev").resolve(for: "k").bytes
+                == Array("shared".utf8))
+    }
+
     @Test("no source and no terminal is a key-guard refusal naming the ways to provide one")
     func none() {
         do {

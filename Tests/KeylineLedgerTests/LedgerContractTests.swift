@@ -183,6 +183,26 @@ struct LedgerStreamingTests {
         #expect(head.hash == (try await ledger.record(seq: 4))?.hash)
     }
 
+    @Test(
+        "device attributes round-trip, are covered by the hash, and records without them hash as before",
+        arguments: Backend.allCases)
+    func attributes(_ backend: Backend) async throws {
+        let ledger = try backend.make()
+        var c = content(reservation("dev-a"))
+        let plainHash = ChainHash.record(seq: 1, prevHash: LedgerRecord.genesisHash, content: c)
+        c.attributes = DeviceAttributes(
+            description: "gw dev-a", tags: ["x", "y"], productPRN: "prn:p", cohortPRN: nil, target: nil)
+        let fixed = c
+        let r = try await ledger.issue(reservation("dev-a")) { _ in fixed }
+        #expect(r.hash != plainHash)
+        #expect(try await ledger.record(cn: "dev-a")?.content.attributes == fixed.attributes)
+        let plain = content(reservation("dev-b"))
+        let r2 = try await ledger.issue(reservation("dev-b")) { _ in plain }
+        #expect(try await ledger.record(cn: "dev-b")?.content.attributes == nil)
+        #expect(r2.hash == ChainHash.record(seq: 2, prevHash: r.hash, content: plain))
+        #expect(try await ledger.verify().isIntact)
+    }
+
     @Test("an empty ledger's head is the genesis", arguments: Backend.allCases)
     func emptyHead(_ backend: Backend) async throws {
         let head = try await backend.make().head()
@@ -274,6 +294,7 @@ struct SQLiteLedgerTests {
             ("DELETE FROM records WHERE seq = 2", Int64(2)),
             ("UPDATE records SET state = 'revoked' WHERE seq = 5", Int64(5)),
             ("UPDATE records SET seq = 100 WHERE seq = 5", Int64(5)),
+            ("UPDATE records SET has_attributes = 1, description = 'rewritten' WHERE seq = 2", Int64(2)),
         ])
     func rawEdits(_ sql: String, _ expected: Int64) async throws {
         let (ledger, path) = try await make(5)
