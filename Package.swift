@@ -86,6 +86,11 @@ let package = Package(
                 .product(name: "X509", package: "swift-certificates"),
             ]
         ),
+        // The raw P-256 keygen + sign limit that bulk issuance is compared with in Scripts/bench.
+        .executableTarget(
+            name: "keyline-rawbench",
+            dependencies: [.product(name: "Crypto", package: "swift-crypto")]
+        ),
         .testTarget(
             name: "KeylineCoreTests",
             dependencies: [

@@ -111,6 +111,25 @@ public enum SafeFile {
         if durable { syncDirectory(of: path) }
     }
 
+    /// Writes `bytes` to `path` in place (created or truncated, `mode` from creation), without a temporary file or
+    /// fsync: for bulk output whose completeness another step vouches for (a batch's key rename, a later
+    /// ``syncFileSystem(of:)``).
+    public static func writeInPlace(_ bytes: [UInt8], to path: String, mode: mode_t = 0o644) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        guard fd >= 0 else { throw ioError("cannot create \(path)") }
+        defer { close(fd) }
+        _ = fchmod(fd, mode)
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes[offset...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw ioError("cannot write \(path)")
+            }
+            offset += n
+        }
+    }
+
     /// Flushes every file of the file system holding `directory` (one call for a whole chunk of files).
     public static func syncFileSystem(of directory: String) throws {
         let fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)

@@ -76,7 +76,7 @@ public struct PassphraseSources: Sendable {
         }
         throw KeylineError(
             .keyGuard,
-            "no passphrase for encrypted key \(keyPath): pass --passphrase-file, set passphrase_file in station.toml, or provide the systemd credential \(Self.credentialName)"
+            "no passphrase for encrypted key \(keyPath): pass --passphrase-file, set passphrase_file in station.toml, or provide the systemd credential \(caName.map { "\(Self.credentialName)-\($0) or " } ?? "")\(Self.credentialName)"
         )
     }
 

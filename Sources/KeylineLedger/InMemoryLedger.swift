@@ -45,17 +45,25 @@ public final class InMemoryLedger: Ledger {
     public func issue(
         _ reservation: Reservation, sign: (Reservation) throws -> RecordContent
     ) async throws -> LedgerRecord {
-        try await issueBatch([reservation], sign: sign)[0]
+        try await issueBatch([reservation]) { try $0.map(sign) }[0]
     }
 
     public func issueBatch(
-        _ reservations: [Reservation], sign: (Reservation) throws -> RecordContent
+        _ reservations: [Reservation], signAll: ([Reservation]) throws -> [RecordContent]
     ) async throws -> [LedgerRecord] {
         let outcome: Result<[LedgerRecord], KeylineError> = try state.withLock { s in
-            var work = s
-            var out: [LedgerRecord] = []
+            var cns: Set<String> = []
+            var keys: Set<String> = []
             for r in reservations {
-                if let error = Self.refusal(work, r) {
+                var error = Self.refusal(s, r)
+                if error == nil && !cns.insert(r.cn).inserted {
+                    error = .refused("unique-cn", "CN '\(r.cn)' is given twice in one batch")
+                }
+                if error == nil && !keys.insert(r.publicKeySHA256).inserted {
+                    error = .refused(
+                        "unique-public-key", "public key \(r.publicKeySHA256.prefix(16))… is given twice in one batch")
+                }
+                if let error {
                     _ = Self.appendEvent(
                         &s,
                         EventContent(
@@ -63,7 +71,14 @@ public final class InMemoryLedger: Ledger {
                             operatorName: r.operatorName, at: Date()))
                     return .failure(error)
                 }
-                let content = try sign(r)
+            }
+            let contents = try signAll(reservations)
+            guard contents.count == reservations.count else {
+                throw KeylineError(.internalError, "signed \(contents.count) of \(reservations.count) reservations")
+            }
+            var work = s
+            var out: [LedgerRecord] = []
+            for (r, content) in zip(reservations, contents) {
                 guard content.cn == r.cn, content.publicKeySHA256 == r.publicKeySHA256 else {
                     throw KeylineError(.internalError, "signed content does not match its reservation")
                 }

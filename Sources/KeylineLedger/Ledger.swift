@@ -91,9 +91,11 @@ public protocol Ledger: Sendable {
     /// `unique-public-key`, and records a `refused` event.
     func issue(_ reservation: Reservation, sign: (Reservation) throws -> RecordContent) async throws -> LedgerRecord
 
-    /// The same for many requests in one transaction: all are committed, or none.
+    /// The same for many requests in one transaction: all are committed, or none. Every reservation is checked
+    /// (against the ledger and against each other) before `signAll` is called once with all of them, so the caller
+    /// may sign them in parallel; it returns their contents in the same order.
     func issueBatch(
-        _ reservations: [Reservation], sign: (Reservation) throws -> RecordContent
+        _ reservations: [Reservation], signAll: ([Reservation]) throws -> [RecordContent]
     ) async throws -> [LedgerRecord]
 
     /// Appends an event to the audit trail.

@@ -143,17 +143,17 @@ public final class SQLiteLedger: Ledger {
     public func issue(
         _ reservation: Reservation, sign: (Reservation) throws -> RecordContent
     ) async throws -> LedgerRecord {
-        try issueSync([reservation], sign: sign)[0]
+        try issueSync([reservation]) { try $0.map(sign) }[0]
     }
 
     public func issueBatch(
-        _ reservations: [Reservation], sign: (Reservation) throws -> RecordContent
+        _ reservations: [Reservation], signAll: ([Reservation]) throws -> [RecordContent]
     ) async throws -> [LedgerRecord] {
-        try issueSync(reservations, sign: sign)
+        try issueSync(reservations, signAll: signAll)
     }
 
     private func issueSync(
-        _ reservations: [Reservation], sign: (Reservation) throws -> RecordContent
+        _ reservations: [Reservation], signAll: ([Reservation]) throws -> [RecordContent]
     ) throws -> [LedgerRecord] {
         var refusal: (reservation: Reservation, error: KeylineError)?
         var out: [LedgerRecord] = []
@@ -162,13 +162,32 @@ public final class SQLiteLedger: Ledger {
                 try db.inTransaction(.immediate) {
                     out = []
                     refusal = nil
-                    var head = try Self.head(db)
+                    // Reserve: every CN and key must be new to the ledger and to this batch.
+                    var cns: Set<String> = []
+                    var keys: Set<String> = []
                     for r in reservations {
                         if let error = try Self.refusal(db, r) {
                             refusal = (r, error)
-                            break
+                        } else if !cns.insert(r.cn).inserted {
+                            refusal = (r, .refused("unique-cn", "CN '\(r.cn)' is given twice in one batch"))
+                        } else if !keys.insert(r.publicKeySHA256).inserted {
+                            refusal = (
+                                r,
+                                .refused(
+                                    "unique-public-key",
+                                    "public key \(r.publicKeySHA256.prefix(16))… is given twice in one batch")
+                            )
                         }
-                        let content = try sign(r)
+                        if refusal != nil { return .rollback }
+                    }
+                    // Sign, then commit.
+                    let contents = try signAll(reservations)
+                    guard contents.count == reservations.count else {
+                        throw KeylineError(
+                            .internalError, "signed \(contents.count) of \(reservations.count) reservations")
+                    }
+                    var head = try Self.head(db)
+                    for (r, content) in zip(reservations, contents) {
                         guard content.cn == r.cn, content.publicKeySHA256 == r.publicKeySHA256 else {
                             throw KeylineError(.internalError, "signed content does not match its reservation")
                         }
@@ -186,10 +205,6 @@ public final class SQLiteLedger: Ledger {
                         )
                         head = (seq, record.hash)
                         out.append(record)
-                    }
-                    if refusal != nil {
-                        // Roll back whatever this batch inserted; only the refusal's audit event stays.
-                        return .rollback
                     }
                     return .commit
                 }
@@ -243,7 +258,8 @@ public final class SQLiteLedger: Ledger {
     public func record(cn: String) async throws -> LedgerRecord? {
         try guarded("reading the ledger") {
             try dbQueue.read { db in
-                try Row.fetchOne(db, sql: "SELECT * FROM records WHERE cn = ?", arguments: [cn]).map(Self.record)
+                try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM records WHERE cn = ?"), arguments: [cn]).map(
+                    Self.record)
             }
         }
     }
@@ -251,7 +267,8 @@ public final class SQLiteLedger: Ledger {
     public func record(seq: Int64) async throws -> LedgerRecord? {
         try guarded("reading the ledger") {
             try dbQueue.read { db in
-                try Row.fetchOne(db, sql: "SELECT * FROM records WHERE seq = ?", arguments: [seq]).map(Self.record)
+                try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM records WHERE seq = ?"), arguments: [seq]).map(
+                    Self.record)
             }
         }
     }
@@ -381,17 +398,20 @@ public final class SQLiteLedger: Ledger {
     // MARK: - SQL helpers
 
     private static func head(_ db: Database) throws -> (seq: Int64, hash: String) {
-        if let row = try Row.fetchOne(db, sql: "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1") {
+        if let row = try Row.fetchOne(
+            db.cachedStatement(sql: "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1"))
+        {
             return (row[0], row[1])
         }
         return (0, LedgerRecord.genesisHash)
     }
 
     private static func refusal(_ db: Database, _ r: Reservation) throws -> KeylineError? {
-        if try Bool.fetchOne(db, sql: "SELECT 1 FROM records WHERE cn = ?", arguments: [r.cn]) != nil {
+        if try Bool.fetchOne(db.cachedStatement(sql: "SELECT 1 FROM records WHERE cn = ?"), arguments: [r.cn]) != nil {
             return .refused("unique-cn", "CN '\(r.cn)' was already issued")
         }
-        if try Bool.fetchOne(db, sql: "SELECT 1 FROM records WHERE pubkey_sha256 = ?", arguments: [r.publicKeySHA256])
+        if try Bool.fetchOne(
+            db.cachedStatement(sql: "SELECT 1 FROM records WHERE pubkey_sha256 = ?"), arguments: [r.publicKeySHA256])
             != nil
         {
             return .refused(
@@ -403,13 +423,14 @@ public final class SQLiteLedger: Ledger {
 
     private static func insert(_ db: Database, _ r: LedgerRecord) throws {
         let c = r.content
-        try db.execute(
+        try db.cachedStatement(
             sql: """
                 INSERT INTO records (seq, cn, serial_hex, cert_sha256, pubkey_sha256, ca_sha256, ca_name, profile, station_id,
                   operator, key_origin, hardware_id, work_order, not_before, not_after, cert_der, state, created_at, updated_at,
                   prev_hash, hash, has_attributes, description, tags, product_prn, cohort_prn, target)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """,
+                """
+        ).execute(
             arguments: [
                 r.seq, c.cn, c.serialHex, c.certificateFingerprint, c.publicKeySHA256, c.caFingerprint, c.caName,
                 c.profile, c.stationID, c.operatorName, c.keyOrigin.rawValue, c.hardwareID, c.workOrder,
@@ -422,17 +443,18 @@ public final class SQLiteLedger: Ledger {
 
     @discardableResult
     private static func insertEvent(_ db: Database, _ content: EventContent) throws -> LedgerEvent {
-        let head = try Row.fetchOne(db, sql: "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+        let head = try Row.fetchOne(db.cachedStatement(sql: "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"))
         let seq: Int64 = (head?[0] ?? 0) + 1
         let prev: String = head?[1] ?? LedgerRecord.genesisHash
         let event = LedgerEvent(
             seq: seq, content: content, prevHash: prev,
             hash: ChainHash.event(seq: seq, prevHash: prev, content: content))
-        try db.execute(
+        try db.cachedStatement(
             sql: """
                 INSERT INTO events (seq, kind, record_seq, cn, detail, station_id, operator, at, prev_hash, hash)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """,
+                """
+        ).execute(
             arguments: [
                 seq, content.kind.rawValue, content.recordSeq, content.cn, content.detail, content.stationID,
                 content.operatorName, Timestamp.millis(content.at), prev, event.hash,

@@ -32,19 +32,16 @@ public enum ConfigChecker {
             let health = CAHealth(
                 ca: ca, active: c.status == .active, profileMinValidityDays: minimums,
                 warningDays: config.caExpiryWarningDays, now: now)
-            if let issuing = health.issuingDaysLeft, issuing <= 0, !minimums.isEmpty {
+            if c.status == .active, !health.canIssue, !minimums.isEmpty {
                 let users = config.profiles.values.filter { $0.caName == name }.map(\.name).sorted()
                 throw KeylineError(
                     .configuration,
-                    "CA '\(name)' can no longer issue for profile(s) \(users.joined(separator: ", ")): \(health.warning ?? "it expires too soon"); import a new CA and point the profiles at it"
+                    "profile(s) \(users.joined(separator: ", ")) cannot issue: \(health.warning ?? "CA '\(name)' cannot issue"); import a new CA and point the profiles at it"
                 )
             }
             if let w = health.warning { report.warnings.append(w) }
         }
-        let signing = "\(config.directory)/\(StationSigningKey.privatePath)"
-        if FileManager.default.fileExists(atPath: signing) {
-            try FileGuard.checkSecretFile(signing, what: "station signing key")
-        }
+        try StationSigningKey.check(in: config.directory)
         return report
     }
 }

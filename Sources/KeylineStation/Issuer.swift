@@ -112,27 +112,24 @@ public struct Issuer: Sendable {
         case .success(let v): validity = v
         case .failure(let error): try await refuse(error, cn: requests.first?.cn)
         }
-        var byCN: [String: Request] = [:]
-        for request in requests { byCN[request.cn] = request }
         let reservations = requests.map {
             Reservation(
                 cn: $0.cn, publicKeySHA256: CertificateFactory.publicKeyFingerprint($0.publicKey),
                 operatorName: operatorName)
         }
-        var built: [String: Certificate] = [:]
-        let records = try await station.ledger.issueBatch(reservations) { r in
-            let request = byCN[r.cn]!
-            let (content, cert) = try makeContent(
-                r, publicKey: request.publicKey, origin: origin, hardwareID: request.hardwareID, workOrder: workOrder,
-                at: at, validity: validity)
-            built[r.cn] = cert
-            return content
-        }
-        return try records.map { record in
-            guard let cert = built[record.content.cn] else {
-                throw KeylineError(.internalError, "ledger committed '\(record.content.cn)' without signing it")
+        var built: [Certificate] = []
+        let records = try await station.ledger.issueBatch(reservations) { reserved in
+            // Reserved, in request order: sign them on every core, each with its own serial.
+            let signed = try Parallel.map(reserved.count) { i in
+                try makeContent(
+                    reserved[i], publicKey: requests[i].publicKey, origin: origin, hardwareID: requests[i].hardwareID,
+                    workOrder: workOrder, at: at, validity: validity)
             }
-            return IssuedCertificate(record: record, certificate: cert, pem: try cert.serializeAsPEM().pemString)
+            built = signed.map(\.1)
+            return signed.map(\.0)
+        }
+        return try zip(records, built).map { record, cert in
+            IssuedCertificate(record: record, certificate: cert, pem: try cert.serializeAsPEM().pemString)
         }
     }
 

@@ -39,6 +39,13 @@ public struct ExportSummary: Codable, Sendable, Equatable {
     public var created_at: String
     /// SHA-256 of the station public key that signed this summary.
     public var signing_key_sha256: String
+
+    /// "seq 4", "seq 4–9" or "no records", for messages.
+    public static func rangeText(_ first: Int64?, _ last: Int64?) -> String {
+        guard let first else { return "no records" }
+        guard let last, last != first else { return "seq \(first)" }
+        return "seq \(first)–\(last)"
+    }
 }
 
 /// Streams ledger records into a device manifest, then writes its signed summary and records an `exported` event.
@@ -112,10 +119,22 @@ public struct DeviceManifestExporter {
             throw KeylineError(.ioError, "cannot write \(path) (disk full or file not writable)")
         }
         let (digest, size) = try Self.sha256(ofFile: tmp)
-        guard rename(tmp, path) == 0 else {
+        // link(2) refuses an existing name, so an export never replaces another, even one made meanwhile.
+        for existing in [ManifestSignature.summaryPath(path), ManifestSignature.signaturePath(path)]
+        where FileManager.default.fileExists(atPath: existing) {
             unlink(tmp)
-            throw KeylineError(.ioError, "cannot move the manifest into place at \(path)")
+            throw KeylineError(.ioError, "\(existing) already exists; choose another --out or move the old export away")
         }
+        guard link(tmp, path) == 0 else {
+            let exists = errno == EEXIST
+            unlink(tmp)
+            throw KeylineError(
+                .ioError,
+                exists
+                    ? "\(path) already exists; choose another --out or move the old export away"
+                    : "cannot move the manifest into place at \(path)")
+        }
+        unlink(tmp)
         SafeFile.syncDirectory(of: path)
         let summary = ExportSummary(
             file: (path as NSString).lastPathComponent, format: format.rawValue, sha256: digest, bytes: size,
@@ -131,7 +150,7 @@ public struct DeviceManifestExporter {
             EventContent(
                 kind: .exported, recordSeq: nil, cn: nil,
                 detail:
-                    "manifest devices \(format.rawValue): \(rows) rows, seq \(first.map(String.init) ?? "-")–\(last.map(String.init) ?? "-"), sha256 \(digest), \(summary.file)",
+                    "manifest devices \(format.rawValue): \(rows) rows, \(ExportSummary.rangeText(first, last)), sha256 \(digest), \(summary.file)",
                 stationID: config.stationID, operatorName: config.operatorName(option: nil), at: now))
         return summary
     }
@@ -271,8 +290,9 @@ public enum ManifestSignature {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         let bytes = Array(try encoder.encode(summary)) + [UInt8(ascii: "\n")]
-        try SafeFile.write(bytes, to: summaryPath(file))
-        try SafeFile.write(Array(try key.signature(for: bytes).derRepresentation), to: signaturePath(file))
+        try SafeFile.write(bytes, to: summaryPath(file), exclusive: true)
+        try SafeFile.write(
+            Array(try key.signature(for: bytes).derRepresentation), to: signaturePath(file), exclusive: true)
     }
 
     /// Checks `file` against its summary and the summary's signature; returns the summary.

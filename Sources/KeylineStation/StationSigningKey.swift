@@ -20,16 +20,30 @@ public enum StationSigningKey {
         return key
     }
 
+    /// Checks without opening: the key passes the key guard, and a public key never stands without its private key.
+    public static func check(in directory: String) throws {
+        let path = "\(directory)/\(privatePath)"
+        if FileManager.default.fileExists(atPath: path) {
+            try FileGuard.checkSecretFile(path, what: "station signing key")
+        } else if FileManager.default.fileExists(atPath: "\(directory)/\(publicPath)") {
+            throw orphanedPublicKey(directory)
+        }
+    }
+
+    static func orphanedPublicKey(_ directory: String) -> KeylineError {
+        KeylineError(
+            .keyGuard,
+            "station signing key \(directory)/\(privatePath) is missing but \(directory)/\(publicPath) exists; restore the key from backup, or move \(publicPath) aside to make a new pair (and give QA the new public key)"
+        )
+    }
+
     /// Opens the station's key through the key guard, making it first for a station that predates it.
     public static func load(in directory: String) throws -> (key: P256.Signing.PrivateKey, created: Bool) {
         let path = "\(directory)/\(privatePath)"
         if !FileManager.default.fileExists(atPath: path) {
             // A public key without its private key: QA may hold that public key, so never replace it silently.
             if FileManager.default.fileExists(atPath: "\(directory)/\(publicPath)") {
-                throw KeylineError(
-                    .keyGuard,
-                    "station signing key \(path) is missing but \(directory)/\(publicPath) exists; restore the key from backup, or move \(publicPath) aside to make a new pair (and give QA the new public key)"
-                )
+                throw orphanedPublicKey(directory)
             }
             return (try create(in: directory), true)
         }

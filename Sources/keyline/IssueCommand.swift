@@ -99,8 +99,8 @@ struct IssueCommand: AsyncParsableCommand {
             var index = 0
             while index < todo.count {
                 let slice = Array(todo[index..<min(index + chunk, todo.count)])
-                var keys: [(cn: String, key: P256.Signing.PrivateKey)] = []
-                for cn in slice { keys.append((cn, P256.Signing.PrivateKey())) }
+                // Key generation is half the work: spread it over every core.
+                let keys = try Parallel.map(slice.count) { i in (cn: slice[i], key: P256.Signing.PrivateKey()) }
                 // Stage the keys durably before the chunk commits.
                 try batch.stage(keys)
                 let issued: [IssuedCertificate]
@@ -117,6 +117,7 @@ struct IssueCommand: AsyncParsableCommand {
                 progress.advance(by: slice.count)
             }
             progress.finish()
+            try SafeFile.syncFileSystem(of: out)
             try await batch.writeIndex(names: names, ledger: station.ledger)
             Console.note("issued \(todo.count), skipped \(skipped), in \(out)")
         }
@@ -133,7 +134,8 @@ struct BatchWriter {
     /// Writes each key to CN.key.partial (0600), then flushes the file system once for the whole chunk.
     func stage(_ keys: [(cn: String, key: P256.Signing.PrivateKey)]) throws {
         for (cn, key) in keys {
-            try SafeFile.write(key.pemRepresentation + "\n", to: path(cn, "key.partial"), mode: 0o600, durable: false)
+            try SafeFile.writeInPlace(
+                Array((key.pemRepresentation + "\n").utf8), to: path(cn, "key.partial"), mode: 0o600)
         }
         try SafeFile.syncFileSystem(of: directory)
     }
@@ -144,8 +146,10 @@ struct BatchWriter {
 
     /// After the commit: the certificate files, then the key moves to its final name.
     func complete(cn: String, pem: String) throws {
-        try SafeFile.write(pem + "\n", to: path(cn, "pem"), durable: false)
-        try SafeFile.write(pem + "\n" + chainPEM, to: path(cn, "chain.pem"), durable: false)
+        // In place: the key's rename below is what marks the CN complete, so a crash before it leaves a .partial
+        // key that the next run finishes by writing these again.
+        try SafeFile.writeInPlace(Array((pem + "\n").utf8), to: path(cn, "pem"))
+        try SafeFile.writeInPlace(Array((pem + "\n" + chainPEM).utf8), to: path(cn, "chain.pem"))
         guard rename(path(cn, "key.partial"), path(cn, "key")) == 0 else {
             throw KeylineError(.ioError, "cannot move \(path(cn, "key.partial")) into place")
         }
@@ -163,11 +167,14 @@ struct BatchWriter {
                 == record.content.publicKeySHA256
         else { return false }
         let pem = try Certificate(derEncoded: record.content.certificateDER).serializeAsPEM().pemString
-        if keyPath.hasSuffix(".partial") || !fm.fileExists(atPath: path(cn, "pem"))
-            || !fm.fileExists(atPath: path(cn, "chain.pem"))
-        {
+        // The files must hold exactly what the ledger says (a power cut can leave a renamed key beside an empty
+        // certificate file); rewrite them when they do not.
+        let intact =
+            fm.contents(atPath: path(cn, "pem")) == Data((pem + "\n").utf8)
+            && fm.contents(atPath: path(cn, "chain.pem")) == Data((pem + "\n" + chainPEM).utf8)
+        if keyPath.hasSuffix(".partial") || !intact {
             if !keyPath.hasSuffix(".partial") {
-                try SafeFile.write(Array(keyData), to: path(cn, "key.partial"), mode: 0o600, durable: false)
+                try SafeFile.writeInPlace(Array(keyData), to: path(cn, "key.partial"), mode: 0o600)
             }
             try complete(cn: cn, pem: pem)
         }

@@ -33,6 +33,16 @@ struct RecordJSON: Encodable {
     var created_at: String
     var updated_at: String
     var hash: String
+    /// The backend attributes fixed at issuance (null for records from before the ledger kept them).
+    @Nullable var attributes: AttributesJSON?
+
+    struct AttributesJSON: Encodable {
+        var description: String
+        var tags: [String]
+        @Nullable var product_prn: String?
+        @Nullable var cohort_prn: String?
+        @Nullable var target: String?
+    }
 
     init(_ r: LedgerRecord) {
         let c = r.content
@@ -55,6 +65,11 @@ struct RecordJSON: Encodable {
         created_at = Timestamp.isoMillis(c.createdAt)
         updated_at = Timestamp.isoMillis(r.updatedAt)
         hash = r.hash
+        attributes = c.attributes.map {
+            AttributesJSON(
+                description: $0.description, tags: $0.tags, product_prn: $0.productPRN, cohort_prn: $0.cohortPRN,
+                target: $0.target)
+        }
     }
 }
 
@@ -235,7 +250,10 @@ struct LedgerShow: AsyncParsableCommand {
                   operator     \(c.operatorName)
                   key origin   \(c.keyOrigin.rawValue)
                   hardware id  \(c.hardwareID ?? "-")
-                  work order   \(c.workOrder ?? "-")
+                  work order   \(c.workOrder ?? "-")\(c.attributes.map { a in
+                    "\n  description  \(a.description)\n  tags         \(a.tags.joined(separator: ","))"
+                    + "\n  product      \(a.productPRN ?? "-")\n  cohort       \(a.cohortPRN ?? "-")\n  target       \(a.target ?? "-")"
+                } ?? "")
                   valid        \(Timestamp.iso(c.notBefore)) .. \(Timestamp.iso(c.notAfter))
                   issued at    \(Timestamp.isoMillis(c.createdAt))
                   hash         \(record.hash)

@@ -155,7 +155,11 @@ struct ManifestDevices: AsyncParsableCommand {
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
             let station = try options.openStation()
-            if let profile { _ = try station.config.profile(profile) }
+            if let profile, station.config.profiles[profile] == nil {
+                // Records keep the attributes they were issued with, so a profile removed since can still be exported.
+                Console.warn(
+                    "profile '\(profile)' is not in station.toml; selecting the ledger's records issued under it")
+            }
             let now = Date()
             let path: String
             if let out {
@@ -180,7 +184,7 @@ struct ManifestDevices: AsyncParsableCommand {
             let exporter = DeviceManifestExporter(
                 station: station, format: ManifestFormat(rawValue: format)!, query: query)
             let summary = try await exporter.export(to: path, now: now)
-            let range = summary.first_seq.map { "seq \($0)–\(summary.last_seq ?? $0)" } ?? "no records"
+            let range = ExportSummary.rangeText(summary.first_seq, summary.last_seq)
             Console.note(
                 "exported \(summary.rows) device(s) to \(path) (\(range), SHA-256 \(summary.sha256)); signed summary in \(ManifestSignature.summaryPath(path))"
             )
@@ -217,7 +221,7 @@ struct ManifestVerify: AsyncParsableCommand {
             let summary = try ManifestSignature.verify(
                 file: file, publicKey: try StationSigningKey.publicKey(at: keyPath))
             Console.out(
-                "manifest OK: \(summary.rows) row(s), seq \(summary.first_seq.map(String.init) ?? "-")–\(summary.last_seq.map(String.init) ?? "-"), station \(summary.station_id), exported \(summary.created_at)\n"
+                "manifest OK: \(summary.rows) row(s), \(ExportSummary.rangeText(summary.first_seq, summary.last_seq)), station \(summary.station_id), exported \(summary.created_at)\n"
             )
         }
     }

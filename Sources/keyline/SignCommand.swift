@@ -46,6 +46,12 @@ struct SignCommand: AsyncParsableCommand {
     @Option(
         name: .long, help: "Work order recorded with each certificate (manifest devices --work-order selects by it).")
     var workOrder: String?
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Write each signed CSR's time (read to written, microseconds) to FILE, one per line; for benchmarks.",
+            valueName: "FILE"))
+    var timings: String?
     @Option(name: .long, help: "Device hardware id recorded with the certificate (one CSR only).") var hardwareId:
         String?
 
@@ -65,7 +71,10 @@ struct SignCommand: AsyncParsableCommand {
             if let outDir { try createDirectory(outDir) }
             var firstFailure: KeylineError?
             var signed = 0
+            let clock = ContinuousClock()
+            var durations: [Duration] = []
             for path in csrs {
+                let started = clock.now
                 do {
                     let bytes = try readInput(path)
                     let issued = try await issuer.sign(csrBytes: bytes, hardwareID: hardwareId, workOrder: workOrder)
@@ -87,6 +96,7 @@ struct SignCommand: AsyncParsableCommand {
                         )
                     }
                     signed += 1
+                    durations.append(clock.now - started)
                     Console.note(
                         "signed \(issued.record.content.cn) serial \(issued.record.content.serialHex) (ledger seq \(issued.record.seq))"
                     )
@@ -99,6 +109,14 @@ struct SignCommand: AsyncParsableCommand {
                 }
             }
             if csrs.count > 1 { Console.note("\(signed) signed, \(csrs.count - signed) refused") }
+            if let timings {
+                // One line per signed CSR: microseconds from reading it to its certificate written.
+                try SafeFile.write(
+                    durations.map {
+                        String($0.components.seconds * 1_000_000 + $0.components.attoseconds / 1_000_000_000_000)
+                    }
+                    .joined(separator: "\n") + "\n", to: timings)
+            }
             if let firstFailure { throw ExitCode(firstFailure.exitStatus) }
         }
     }

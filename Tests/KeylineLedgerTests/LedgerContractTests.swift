@@ -117,12 +117,36 @@ struct LedgerContractTests {
         try await issue(ledger, "dev-3")
         let names = ["dev-1", "dev-2", "dev-3", "dev-4"]
         await #expect(throws: KeylineError(.policyRefusal, "")) {
-            try await ledger.issueBatch(names.map { reservation($0, key: "batch:" + $0) }) { content($0) }
+            try await ledger.issueBatch(names.map { reservation($0, key: "batch:" + $0) }) { $0.map { content($0) } }
         }
         #expect(try await ledger.count() == 1, "the refused batch must leave no record")
-        let ok = try await ledger.issueBatch(["dev-1", "dev-2"].map { reservation($0) }) { content($0) }
+        let ok = try await ledger.issueBatch(["dev-1", "dev-2"].map { reservation($0) }) { $0.map { content($0) } }
         #expect(ok.map(\.seq) == [2, 3])
         #expect(try await ledger.verify().isIntact)
+    }
+
+    @Test(
+        "a batch is checked whole before anything is signed: a CN or key twice in it is refused",
+        arguments: Backend.allCases)
+    func batchDuplicates(_ backend: Backend) async throws {
+        let ledger = try backend.make()
+        var signedCalls = 0
+        for batch in [
+            [reservation("x-1"), reservation("x-1", key: "other")],
+            [reservation("x-2", key: "k"), reservation("x-3", key: "k")],
+        ] {
+            do {
+                _ = try await ledger.issueBatch(batch) { r in
+                    signedCalls += 1
+                    return r.map { content($0) }
+                }
+                Issue.record("a batch with a duplicate was accepted")
+            } catch let e as KeylineError {
+                #expect(e.code == .policyRefusal)
+            }
+        }
+        #expect(signedCalls == 0, "nothing may be signed for a refused batch")
+        #expect(try await ledger.count() == 0)
     }
 
     @Test("state changes are events, and verify checks they agree", arguments: Backend.allCases)

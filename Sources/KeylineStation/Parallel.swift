@@ -1,0 +1,22 @@
+import Dispatch
+
+/// Runs independent CPU-bound work on every core the process has.
+public enum Parallel {
+    /// `body(0..<count)` in parallel, results in index order; rethrows the first error by index.
+    public static func map<T: Sendable>(_ count: Int, _ body: @Sendable (Int) throws -> T) throws -> [T] {
+        if count <= 1 { return try (0..<count).map(body) }
+        var results = [Result<T, Error>?](repeating: nil, count: count)
+        results.withUnsafeMutableBufferPointer { slots in
+            // Each iteration writes only its own slot, so sharing the buffer across threads is safe.
+            let shared = Slots(base: slots)
+            DispatchQueue.concurrentPerform(iterations: count) { i in
+                shared.base[i] = Result { try body(i) }
+            }
+        }
+        return try results.map { try $0!.get() }
+    }
+
+    private struct Slots<T>: @unchecked Sendable {
+        let base: UnsafeMutableBufferPointer<Result<T, Error>?>
+    }
+}
