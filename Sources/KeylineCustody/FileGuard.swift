@@ -88,24 +88,11 @@ public enum SafeFile {
         defer {
             if !ok { unlink(tmp) }
         }
-        _ = fchmod(fd, mode)
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes[offset...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                let e = ioError("cannot write \(path)")
-                close(fd)
-                throw e
-            }
-            offset += n
+        do {
+            defer { close(fd) }
+            try writeAll(fd, bytes, mode: mode, path: path)
+            if durable && fsync(fd) != 0 { throw ioError("cannot flush \(path) to disk") }
         }
-        if durable && fsync(fd) != 0 {
-            let e = ioError("cannot flush \(path) to disk")
-            close(fd)
-            throw e
-        }
-        close(fd)
         guard rename(tmp, path) == 0 else { throw ioError("cannot move \(tmp) to \(path)") }
         ok = true
         if durable { syncDirectory(of: path) }
@@ -118,6 +105,11 @@ public enum SafeFile {
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
         guard fd >= 0 else { throw ioError("cannot create \(path)") }
         defer { close(fd) }
+        try writeAll(fd, bytes, mode: mode, path: path)
+    }
+
+    /// Sets `mode` on an open file and writes all of `bytes`, retrying short writes and EINTR.
+    private static func writeAll(_ fd: Int32, _ bytes: [UInt8], mode: mode_t, path: String) throws {
         _ = fchmod(fd, mode)
         var offset = 0
         while offset < bytes.count {
