@@ -29,6 +29,8 @@ public final class SQLiteLedger: Ledger {
         config.prepareDatabase { db in
             try db.execute(sql: "PRAGMA journal_mode = WAL")
             try db.execute(sql: "PRAGMA synchronous = FULL")
+            // 32 MiB of page cache keeps the unique indexes' upper levels in memory as the ledger grows.
+            try db.execute(sql: "PRAGMA cache_size = -32768")
         }
         do {
             dbQueue = try DatabaseQueue(path: path, configuration: config)

@@ -79,13 +79,16 @@ struct SignCommand: AsyncParsableCommand {
                     let bytes = try readInput(path)
                     let issued = try await issuer.sign(csrBytes: bytes, hardwareID: hardwareId, workOrder: workOrder)
                     let pem = issued.pem + "\n" + chainPEM
-                    // The record is durable now; only from here may the certificate leave the station.
+                    // The record is durable now; only from here may the certificate leave the station. The file is
+                    // replaced atomically but not fsync'd: the ledger holds the certificate, so a file lost to a
+                    // power cut is re-exported with 'ledger show CN --pem', and one fsync per device is enough.
                     do {
                         if let out {
-                            try SafeFile.write(pem, to: out)
+                            try SafeFile.write(pem, to: out, durable: false)
                         } else if let outDir {
                             try SafeFile.write(
-                                pem, to: (outDir as NSString).appendingPathComponent("\(issued.record.content.cn).pem"))
+                                pem, to: (outDir as NSString).appendingPathComponent("\(issued.record.content.cn).pem"),
+                                durable: false)
                         } else {
                             Console.out(pem)
                         }
