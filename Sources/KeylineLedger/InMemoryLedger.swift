@@ -133,6 +133,14 @@ public final class InMemoryLedger: Ledger {
         state.withLock { s in s.byCN[cn].map { s.records[$0] } }
     }
 
+    public func records(cns: [String]) async throws -> [String: LedgerRecord] {
+        state.withLock { s in
+            var out: [String: LedgerRecord] = [:]
+            for cn in cns { if let i = s.byCN[cn] { out[cn] = s.records[i] } }
+            return out
+        }
+    }
+
     public func record(seq: Int64) async throws -> LedgerRecord? {
         state.withLock { s in seq >= 1 && seq <= s.records.count ? s.records[Int(seq - 1)] : nil }
     }

@@ -108,6 +108,9 @@ public protocol Ledger: Sendable {
     /// The record for `cn`, if one was issued.
     func record(cn: String) async throws -> LedgerRecord?
 
+    /// The records for many CNs in one read (absent CNs are simply missing from the result).
+    func records(cns: [String]) async throws -> [String: LedgerRecord]
+
     /// The record with sequence number `seq`.
     func record(seq: Int64) async throws -> LedgerRecord?
 

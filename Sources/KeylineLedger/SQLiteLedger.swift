@@ -266,6 +266,19 @@ public final class SQLiteLedger: Ledger {
         }
     }
 
+    public func records(cns: [String]) async throws -> [String: LedgerRecord] {
+        try guarded("reading the ledger") {
+            try dbQueue.read { db in
+                let statement = try db.cachedStatement(sql: "SELECT * FROM records WHERE cn = ?")
+                var out: [String: LedgerRecord] = [:]
+                for cn in cns {
+                    if let row = try Row.fetchOne(statement, arguments: [cn]) { out[cn] = Self.record(row) }
+                }
+                return out
+            }
+        }
+    }
+
     public func record(seq: Int64) async throws -> LedgerRecord? {
         try guarded("reading the ledger") {
             try dbQueue.read { db in

@@ -77,9 +77,10 @@ struct IssueCommand: AsyncParsableCommand {
             // Sort the names: complete ones are skipped, CNs already in the ledger without our files are refused.
             var todo: [String] = []
             var skipped = 0
+            let known = try await station.ledger.records(cns: names)
             for cn in names {
                 try await issuer.checkCN(cn)
-                if let record = try await station.ledger.record(cn: cn) {
+                if let record = known[cn] {
                     if try batch.finishIfStaged(record: record) {
                         skipped += 1
                         continue
@@ -184,8 +185,9 @@ struct BatchWriter {
     /// index.csv for every CN of the batch, from the ledger (so a resumed batch lists everything).
     func writeIndex(names: [String], ledger: any KeylineLedger.Ledger) async throws {
         var csv = "cn,serial,fingerprint,not_after,key_file,cert_file\n"
+        let records = try await ledger.records(cns: names)
         for cn in names {
-            guard let r = try await ledger.record(cn: cn) else { continue }
+            guard let r = records[cn] else { continue }
             csv +=
                 "\(cn),\(r.content.serialHex),\(r.content.certificateFingerprint),\(Timestamp.iso(r.content.notAfter)),\(cn).key,\(cn).pem\n"
         }
