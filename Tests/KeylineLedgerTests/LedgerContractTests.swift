@@ -172,6 +172,9 @@ struct LedgerContractTests {
         #expect(try await ledger.records(RecordQuery(afterSeq: 1, limit: 1)).map(\.seq) == [2])
         #expect(try await ledger.records(RecordQuery(state: .revoked)).isEmpty)
         #expect(try await ledger.records(RecordQuery(profile: "default")).count == 3)
+        let some = try await ledger.records(cns: ["a-2", "missing", "b-1"])
+        #expect(Set(some.keys) == ["a-2", "b-1"])
+        #expect(some["a-2"]?.seq == 2)
     }
 }
 
