@@ -264,44 +264,6 @@ def atomic_write(path: Path, data: bytes, durable: bool) -> None:
             os.close(dfd)
 
 
-def durable_write(path: Path, data: bytes) -> None:
-    """What keyline's SafeFile.write does by default: temporary file, fsync, rename, fsync of the directory."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# The pyca peer (one process per round)
-
-PYCA_SCHEMA = """
-CREATE TABLE IF NOT EXISTS certificates (
-    id INTEGER PRIMARY KEY,
-    cn TEXT NOT NULL UNIQUE,
-    serial_hex TEXT NOT NULL UNIQUE,
-    fingerprint TEXT NOT NULL,
-    public_key_sha256 TEXT NOT NULL UNIQUE,
-    not_before TEXT NOT NULL,
-    not_after TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    der BLOB NOT NULL
-)
-"""
-
-
 def pyca_peer(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="bench.py _pyca-peer")
     ap.add_argument("--ca-cert", required=True)
@@ -644,7 +606,7 @@ class Bench:
             con.execute("COMMIT")
             commit.append((time.perf_counter_ns() - t) / 1000)
             t = time.perf_counter_ns()
-            durable_write(d / f"durable-{i}.pem", blob)
+            atomic_write(d / f"durable-{i}.pem", blob, durable=True)
             durable.append((time.perf_counter_ns() - t) / 1000)
             t = time.perf_counter_ns()
             with open(d / f"plain-{i}.pem", "wb") as f:
