@@ -16,6 +16,16 @@ public enum RecordState: String, Sendable, Codable, CaseIterable {
     case delivered
     case failed
     case revoked
+
+    /// Whether a record in this state may move to `next`. Revoked is final; a failed delivery may still succeed on
+    /// a retry.
+    public func canBecome(_ next: RecordState) -> Bool {
+        switch (self, next) {
+        case (.issued, .delivered), (.issued, .failed), (.issued, .revoked): true
+        case (.failed, .delivered), (.failed, .revoked), (.delivered, .revoked): true
+        default: false
+        }
+    }
 }
 
 /// What a new record will hold, known before the ledger assigns its sequence number and chain hash.
@@ -39,12 +49,14 @@ public struct RecordContent: Sendable, Equatable {
     /// What the backend is to assign this device, fixed at issuance from the profile (nil for records made
     /// before the ledger kept them).
     public var attributes: DeviceAttributes?
+    /// The sequence number of the revoked record this one re-issues the CN of (rework), nil for a first issuance.
+    public var reissueOf: Int64?
 
     public init(
         cn: String, serialHex: String, certificateFingerprint: String, publicKeySHA256: String,
         caFingerprint: String, caName: String, profile: String, stationID: String, operatorName: String,
         keyOrigin: KeyOrigin, hardwareID: String?, workOrder: String? = nil, notBefore: Date, notAfter: Date,
-        certificateDER: [UInt8], createdAt: Date, attributes: DeviceAttributes? = nil
+        certificateDER: [UInt8], createdAt: Date, attributes: DeviceAttributes? = nil, reissueOf: Int64? = nil
     ) {
         self.cn = cn
         self.serialHex = serialHex
@@ -65,6 +77,7 @@ public struct RecordContent: Sendable, Equatable {
         self.certificateDER = certificateDER
         self.createdAt = Timestamp.wholeMillis(createdAt)
         self.attributes = attributes
+        self.reissueOf = reissueOf
     }
 }
 
@@ -112,6 +125,34 @@ public struct LedgerRecord: Sendable, Equatable {
 
     /// The upper-case hex of `count` zero bytes: the chain's genesis.
     public static let genesisHash = String(repeating: "0", count: 64)
+
+    /// The detail of a record's `issued` event.
+    public static func issuedDetail(_ c: RecordContent) -> String {
+        "serial \(c.serialHex)" + (c.reissueOf.map { ", re-issue of seq \($0)" } ?? "")
+    }
+
+    /// Why `record` may not move to `next` (nil when it may).
+    public static func transitionRefusal(_ record: LedgerRecord, to next: RecordState) -> KeylineError? {
+        guard record.state.canBecome(next) else {
+            return KeylineError(
+                .dataError,
+                "CN '\(record.content.cn)' (ledger seq \(record.seq)) is \(record.state.rawValue) and cannot become \(next.rawValue)"
+            )
+        }
+        return nil
+    }
+}
+
+/// Why a certificate was revoked (`keyline ledger revoke --reason`).
+public enum RevocationReason: String, Sendable, Codable, CaseIterable {
+    /// The device is reworked and will get a new certificate under the same CN (`--reissue`).
+    case rework
+    /// The device is destroyed.
+    case scrap
+    /// The device's key is, or may be, known to someone else.
+    case compromised
+    /// Another certificate replaces this one.
+    case superseded
 }
 
 /// What an event says happened.
@@ -125,6 +166,10 @@ public enum EventKind: String, Sendable, Codable, CaseIterable {
     case caImported = "ca-imported"
     case stationInitialized = "station-initialized"
     case verificationCertificate = "verification-certificate"
+    /// A signed checkpoint of the heads was handed out (`ledger checkpoint`, every manifest export).
+    case checkpoint
+    /// QA compared the ledger with a backend export (`ledger reconcile`); the detail holds the counts.
+    case reconciled
 }
 
 /// What an event will hold before the ledger numbers and chains it.
@@ -202,6 +247,11 @@ public enum ChainHash {
             h.add(a.productPRN)
             h.add(a.cohortPRN)
             h.add(a.target)
+        }
+        // Added with re-issue; first issuances hash exactly as before.
+        if let prior = c.reissueOf {
+            h.add("reissue-v1")
+            h.add(String(prior))
         }
         return h.finish()
     }

@@ -32,8 +32,10 @@ public final class InMemoryLedger: Ledger {
         return event
     }
 
-    private static func refusal(_ s: State, _ r: Reservation) -> KeylineError? {
-        if s.byCN[r.cn] != nil { return .refused("unique-cn", "CN '\(r.cn)' was already issued") }
+    private static func refusal(_ s: State, _ r: inout Reservation) -> KeylineError? {
+        let latest = s.byCN[r.cn].map { s.records[$0] }
+        if let error = r.cnRefusal(latest: latest) { return error }
+        r.reissueOf = r.reissue ? latest?.seq : nil
         if s.byKey.contains(r.publicKeySHA256) {
             return .refused(
                 "unique-public-key",
@@ -54,8 +56,10 @@ public final class InMemoryLedger: Ledger {
         let outcome: Result<[LedgerRecord], KeylineError> = try state.withLock { s in
             var cns: Set<String> = []
             var keys: Set<String> = []
-            for r in reservations {
-                var error = Self.refusal(s, r)
+            var reservations = reservations
+            for i in reservations.indices {
+                let r = reservations[i]
+                var error = Self.refusal(s, &reservations[i])
                 if error == nil && !cns.insert(r.cn).inserted {
                     error = .refused("unique-cn", "CN '\(r.cn)' is given twice in one batch")
                 }
@@ -79,7 +83,9 @@ public final class InMemoryLedger: Ledger {
             var work = s
             var out: [LedgerRecord] = []
             for (r, content) in zip(reservations, contents) {
-                guard content.cn == r.cn, content.publicKeySHA256 == r.publicKeySHA256 else {
+                guard content.cn == r.cn, content.publicKeySHA256 == r.publicKeySHA256,
+                    content.reissueOf == r.reissueOf
+                else {
                     throw KeylineError(.internalError, "signed content does not match its reservation")
                 }
                 if work.bySerial.contains(content.serialHex)
@@ -100,7 +106,7 @@ public final class InMemoryLedger: Ledger {
                 _ = Self.appendEvent(
                     &work,
                     EventContent(
-                        kind: .issued, recordSeq: seq, cn: r.cn, detail: "serial \(content.serialHex)",
+                        kind: .issued, recordSeq: seq, cn: r.cn, detail: LedgerRecord.issuedDetail(content),
                         stationID: content.stationID, operatorName: content.operatorName, at: content.createdAt))
                 out.append(record)
             }
@@ -118,19 +124,52 @@ public final class InMemoryLedger: Ledger {
         state.withLock { s in Self.appendEvent(&s, content) }
     }
 
-    public func transition(recordSeq: Int64, to newState: RecordState, event: EventContent) async throws {
+    @discardableResult
+    public func transition(
+        recordSeq: Int64, to newState: RecordState, event: EventContent
+    ) async throws
+        -> LedgerRecord
+    {
         try state.withLock { s in
             guard recordSeq >= 1, recordSeq <= s.records.count else {
                 throw KeylineError(.dataError, "no record with seq \(recordSeq)")
             }
-            s.records[Int(recordSeq - 1)].state = newState
-            s.records[Int(recordSeq - 1)].updatedAt = event.at
+            let i = Int(recordSeq - 1)
+            if let error = LedgerRecord.transitionRefusal(s.records[i], to: newState) { throw error }
+            s.records[i].state = newState
+            s.records[i].updatedAt = event.at
             _ = Self.appendEvent(&s, event)
+            return s.records[i]
         }
     }
 
     public func record(cn: String) async throws -> LedgerRecord? {
         state.withLock { s in s.byCN[cn].map { s.records[$0] } }
+    }
+
+    public func history(cn: String) async throws -> [LedgerRecord] {
+        state.withLock { s in s.records.filter { $0.content.cn == cn } }
+    }
+
+    public func heads() async throws -> LedgerHeads {
+        state.withLock { s in
+            LedgerHeads(
+                recordsSeq: Int64(s.records.count), recordsHash: s.records.last?.hash ?? LedgerRecord.genesisHash,
+                eventsSeq: Int64(s.events.count), eventsHash: s.events.last?.hash ?? LedgerRecord.genesisHash)
+        }
+    }
+
+    public func event(seq: Int64) async throws -> LedgerEvent? {
+        state.withLock { s in seq >= 1 && seq <= s.events.count ? s.events[Int(seq - 1)] : nil }
+    }
+
+    public func forEachEvent(
+        kinds: Set<EventKind>?, afterSeq: Int64, _ body: (LedgerEvent) throws -> Void
+    ) async throws {
+        let selected = state.withLock { s in
+            s.events.filter { $0.seq > afterSeq && (kinds?.contains($0.content.kind) ?? true) }
+        }
+        for e in selected { try body(e) }
     }
 
     public func records(cns: [String]) async throws -> [String: LedgerRecord] {

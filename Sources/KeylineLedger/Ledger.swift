@@ -8,11 +8,57 @@ public struct Reservation: Sendable, Equatable {
     public var publicKeySHA256: String
     /// Who asked, for the refusal event a uniqueness refusal leaves.
     public var operatorName: String
+    /// Asks to issue a CN again whose last certificate was revoked (rework). Without it a known CN is refused;
+    /// with it, a CN that was never issued or whose certificate is not revoked is refused.
+    public var reissue: Bool
+    /// Set by the ledger when it reserves a re-issue: the revoked record being replaced. The signed content must
+    /// carry the same value.
+    public var reissueOf: Int64?
 
-    public init(cn: String, publicKeySHA256: String, operatorName: String = "") {
+    public init(cn: String, publicKeySHA256: String, operatorName: String = "", reissue: Bool = false) {
         self.cn = cn
         self.publicKeySHA256 = publicKeySHA256
         self.operatorName = operatorName
+        self.reissue = reissue
+        self.reissueOf = nil
+    }
+
+    /// Why this reservation cannot be made given the CN's latest record (nil when it can).
+    public func cnRefusal(latest: LedgerRecord?) -> KeylineError? {
+        switch (latest, reissue) {
+        case (nil, false): return nil
+        case (nil, true):
+            return .refused("reissue", "CN '\(cn)' was never issued here, so there is nothing to re-issue")
+        case (let r?, false):
+            let hint =
+                r.state == .revoked
+                ? "; it was revoked, so a reworked device may be issued again with --reissue" : ""
+            return .refused(
+                "unique-cn", "CN '\(cn)' was already issued (ledger seq \(r.seq), \(r.state.rawValue))\(hint)")
+        case (let r?, true):
+            guard r.state == .revoked else {
+                return .refused(
+                    "reissue",
+                    "CN '\(cn)' has a certificate in state \(r.state.rawValue) (ledger seq \(r.seq)); revoke it first with 'keyline ledger revoke \(cn) --reason rework'"
+                )
+            }
+            return nil
+        }
+    }
+}
+
+/// Both chain heads of one snapshot: what a checkpoint signs.
+public struct LedgerHeads: Sendable, Equatable {
+    public var recordsSeq: Int64
+    public var recordsHash: String
+    public var eventsSeq: Int64
+    public var eventsHash: String
+
+    public init(recordsSeq: Int64, recordsHash: String, eventsSeq: Int64, eventsHash: String) {
+        self.recordsSeq = recordsSeq
+        self.recordsHash = recordsHash
+        self.eventsSeq = eventsSeq
+        self.eventsHash = eventsHash
     }
 }
 
@@ -26,10 +72,19 @@ public struct RecordQuery: Sendable {
     public var workOrder: String?
     /// Only records created at or after this time.
     public var createdSince: Date?
+    /// Only records created before this time.
+    public var createdBefore: Date?
+    /// Only the record with this serial (upper-case hex).
+    public var serialHex: String?
+    /// Only the record with this certificate SHA-256 (upper-case hex).
+    public var fingerprint: String?
+    /// Only records issued by the CA of this name.
+    public var caName: String?
 
     public init(
         afterSeq: Int64? = nil, limit: Int? = nil, state: RecordState? = nil, profile: String? = nil,
-        cnPrefix: String? = nil, workOrder: String? = nil, createdSince: Date? = nil
+        cnPrefix: String? = nil, workOrder: String? = nil, createdSince: Date? = nil, createdBefore: Date? = nil,
+        serialHex: String? = nil, fingerprint: String? = nil, caName: String? = nil
     ) {
         self.afterSeq = afterSeq
         self.limit = limit
@@ -38,6 +93,10 @@ public struct RecordQuery: Sendable {
         self.cnPrefix = cnPrefix
         self.workOrder = workOrder
         self.createdSince = createdSince
+        self.createdBefore = createdBefore
+        self.serialHex = serialHex
+        self.fingerprint = fingerprint
+        self.caName = caName
     }
 
     /// Whether `r` passes the filters (for implementations that filter in memory).
@@ -47,6 +106,10 @@ public struct RecordQuery: Sendable {
             && (cnPrefix.map { r.content.cn.hasPrefix($0) } ?? true)
             && (workOrder.map { r.content.workOrder == $0 } ?? true)
             && (createdSince.map { r.content.createdAt >= $0 } ?? true)
+            && (createdBefore.map { r.content.createdAt < $0 } ?? true)
+            && (serialHex.map { r.content.serialHex == $0 } ?? true)
+            && (fingerprint.map { r.content.certificateFingerprint == $0 } ?? true)
+            && (caName.map { r.content.caName == $0 } ?? true)
     }
 }
 
@@ -102,13 +165,19 @@ public protocol Ledger: Sendable {
     @discardableResult
     func appendEvent(_ content: EventContent) async throws -> LedgerEvent
 
-    /// Changes a record's state and appends the event that says why, in one transaction.
-    func transition(recordSeq: Int64, to state: RecordState, event: EventContent) async throws
+    /// Changes a record's state and appends the event that says why, in one transaction. Refuses (data error) a
+    /// change ``RecordState/canBecome(_:)`` does not allow, such as anything after `revoked`, and returns the
+    /// record as it now is.
+    @discardableResult
+    func transition(recordSeq: Int64, to state: RecordState, event: EventContent) async throws -> LedgerRecord
 
-    /// The record for `cn`, if one was issued.
+    /// The latest record for `cn` (a re-issued CN has several), if one was issued.
     func record(cn: String) async throws -> LedgerRecord?
 
-    /// The records for many CNs in one read (absent CNs are simply missing from the result).
+    /// Every record for `cn`, oldest first: one, or more after re-issues.
+    func history(cn: String) async throws -> [LedgerRecord]
+
+    /// The latest records for many CNs in one read (absent CNs are simply missing from the result).
     func records(cns: [String]) async throws -> [String: LedgerRecord]
 
     /// The record with sequence number `seq`.
@@ -127,8 +196,19 @@ public protocol Ledger: Sendable {
     /// The chain head: the last record's sequence number and hash (0 and the genesis hash when empty).
     func head() async throws -> (seq: Int64, hash: String)
 
+    /// Both chain heads, read in one snapshot.
+    func heads() async throws -> LedgerHeads
+
     /// Events about one record, in order; all events when `recordSeq` is nil (bounded by `limit`).
     func events(recordSeq: Int64?, limit: Int?) async throws -> [LedgerEvent]
+
+    /// The event with sequence number `seq`.
+    func event(seq: Int64) async throws -> LedgerEvent?
+
+    /// Streams events of the given kinds (all when nil) after `afterSeq`, in order, one at a time.
+    func forEachEvent(
+        kinds: Set<EventKind>?, afterSeq: Int64, _ body: (LedgerEvent) throws -> Void
+    ) async throws
 
     /// How many records there are.
     func count() async throws -> Int

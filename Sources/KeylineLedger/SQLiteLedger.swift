@@ -132,6 +132,32 @@ public final class SQLiteLedger: Ledger {
                     BEGIN SELECT RAISE(ABORT, 'keyline ledger: only a record''s state may change'); END;
                     """)
         }
+        // v3: re-issue after rework. A CN may have several records, but at most one that is not revoked; the
+        // new record names the revoked one it replaces (hashed, so it cannot be moved later).
+        m.registerMigration("v3") { db in
+            try db.execute(
+                sql: """
+                    ALTER TABLE records ADD COLUMN reissue_of INTEGER REFERENCES records(seq);
+                    DROP INDEX records_cn;
+                    CREATE INDEX records_cn ON records(cn, seq);
+                    CREATE UNIQUE INDEX records_cn_current ON records(cn) WHERE state <> 'revoked';
+                    DROP TRIGGER records_no_rewrite;
+                    CREATE TRIGGER records_no_rewrite BEFORE UPDATE ON records
+                    WHEN NEW.seq IS NOT OLD.seq OR NEW.cn IS NOT OLD.cn OR NEW.serial_hex IS NOT OLD.serial_hex
+                      OR NEW.cert_sha256 IS NOT OLD.cert_sha256 OR NEW.pubkey_sha256 IS NOT OLD.pubkey_sha256
+                      OR NEW.ca_sha256 IS NOT OLD.ca_sha256 OR NEW.ca_name IS NOT OLD.ca_name OR NEW.profile IS NOT OLD.profile
+                      OR NEW.station_id IS NOT OLD.station_id OR NEW.operator IS NOT OLD.operator
+                      OR NEW.key_origin IS NOT OLD.key_origin OR NEW.hardware_id IS NOT OLD.hardware_id
+                      OR NEW.work_order IS NOT OLD.work_order OR NEW.not_before IS NOT OLD.not_before
+                      OR NEW.not_after IS NOT OLD.not_after OR NEW.cert_der IS NOT OLD.cert_der
+                      OR NEW.created_at IS NOT OLD.created_at OR NEW.prev_hash IS NOT OLD.prev_hash OR NEW.hash IS NOT OLD.hash
+                      OR NEW.has_attributes IS NOT OLD.has_attributes OR NEW.description IS NOT OLD.description
+                      OR NEW.tags IS NOT OLD.tags OR NEW.product_prn IS NOT OLD.product_prn
+                      OR NEW.cohort_prn IS NOT OLD.cohort_prn OR NEW.target IS NOT OLD.target
+                      OR NEW.reissue_of IS NOT OLD.reissue_of
+                    BEGIN SELECT RAISE(ABORT, 'keyline ledger: only a record''s state may change'); END;
+                    """)
+        }
         return m
     }
 
@@ -167,8 +193,10 @@ public final class SQLiteLedger: Ledger {
                     // Reserve: every CN and key must be new to the ledger and to this batch.
                     var cns: Set<String> = []
                     var keys: Set<String> = []
-                    for r in reservations {
-                        if let error = try Self.refusal(db, r) {
+                    var reservations = reservations
+                    for i in reservations.indices {
+                        let r = reservations[i]
+                        if let error = try Self.refusal(db, &reservations[i]) {
                             refusal = (r, error)
                         } else if !cns.insert(r.cn).inserted {
                             refusal = (r, .refused("unique-cn", "CN '\(r.cn)' is given twice in one batch"))
@@ -190,7 +218,9 @@ public final class SQLiteLedger: Ledger {
                     }
                     var head = try Self.head(db)
                     for (r, content) in zip(reservations, contents) {
-                        guard content.cn == r.cn, content.publicKeySHA256 == r.publicKeySHA256 else {
+                        guard content.cn == r.cn, content.publicKeySHA256 == r.publicKeySHA256,
+                            content.reissueOf == r.reissueOf
+                        else {
                             throw KeylineError(.internalError, "signed content does not match its reservation")
                         }
                         let seq = head.seq + 1
@@ -202,7 +232,7 @@ public final class SQLiteLedger: Ledger {
                         try Self.insertEvent(
                             db,
                             EventContent(
-                                kind: .issued, recordSeq: seq, cn: r.cn, detail: "serial \(content.serialHex)",
+                                kind: .issued, recordSeq: seq, cn: r.cn, detail: LedgerRecord.issuedDetail(content),
                                 stationID: content.stationID, operatorName: content.operatorName, at: content.createdAt)
                         )
                         head = (seq, record.hash)
@@ -240,28 +270,56 @@ public final class SQLiteLedger: Ledger {
         }
     }
 
-    public func transition(recordSeq: Int64, to state: RecordState, event: EventContent) async throws {
+    @discardableResult
+    public func transition(
+        recordSeq: Int64, to state: RecordState, event: EventContent
+    ) async throws
+        -> LedgerRecord
+    {
         try guarded("changing a record's state") {
             try dbQueue.writeWithoutTransaction { db in
+                var updated: LedgerRecord?
                 try db.inTransaction(.immediate) {
+                    guard
+                        let current = try Row.fetchOne(
+                            db.cachedStatement(sql: "SELECT * FROM records WHERE seq = ?"), arguments: [recordSeq]
+                        ).map(Self.record)
+                    else {
+                        throw KeylineError(.dataError, "no record with seq \(recordSeq)")
+                    }
+                    if let error = LedgerRecord.transitionRefusal(current, to: state) { throw error }
                     try db.execute(
                         sql: "UPDATE records SET state = ?, updated_at = ? WHERE seq = ?",
                         arguments: [state.rawValue, Timestamp.millis(event.at), recordSeq])
-                    guard db.changesCount == 1 else {
-                        throw KeylineError(.dataError, "no record with seq \(recordSeq)")
-                    }
                     try Self.insertEvent(db, event)
+                    var record = current
+                    record.state = state
+                    record.updatedAt = event.at
+                    updated = record
                     return .commit
                 }
+                return updated!
             }
         }
     }
 
+    private static let latestByCN = "SELECT * FROM records WHERE cn = ? ORDER BY seq DESC LIMIT 1"
+
     public func record(cn: String) async throws -> LedgerRecord? {
         try guarded("reading the ledger") {
             try dbQueue.read { db in
-                try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM records WHERE cn = ?"), arguments: [cn]).map(
-                    Self.record)
+                try Row.fetchOne(db.cachedStatement(sql: Self.latestByCN), arguments: [cn]).map(Self.record)
+            }
+        }
+    }
+
+    public func history(cn: String) async throws -> [LedgerRecord] {
+        try guarded("reading the ledger") {
+            try dbQueue.read { db in
+                try Row.fetchAll(
+                    db.cachedStatement(sql: "SELECT * FROM records WHERE cn = ? ORDER BY seq"), arguments: [cn]
+                )
+                .map(Self.record)
             }
         }
     }
@@ -269,7 +327,7 @@ public final class SQLiteLedger: Ledger {
     public func records(cns: [String]) async throws -> [String: LedgerRecord] {
         try guarded("reading the ledger") {
             try dbQueue.read { db in
-                let statement = try db.cachedStatement(sql: "SELECT * FROM records WHERE cn = ?")
+                let statement = try db.cachedStatement(sql: Self.latestByCN)
                 var out: [String: LedgerRecord] = [:]
                 for cn in cns {
                     if let row = try Row.fetchOne(statement, arguments: [cn]) { out[cn] = Self.record(row) }
@@ -316,6 +374,22 @@ public final class SQLiteLedger: Ledger {
             clauses.append("created_at >= ?")
             arguments += [Timestamp.millis(since)]
         }
+        if let before = q.createdBefore {
+            clauses.append("created_at < ?")
+            arguments += [Timestamp.millis(before)]
+        }
+        if let serial = q.serialHex {
+            clauses.append("serial_hex = ?")
+            arguments += [serial]
+        }
+        if let fingerprint = q.fingerprint {
+            clauses.append("cert_sha256 = ?")
+            arguments += [fingerprint]
+        }
+        if let ca = q.caName {
+            clauses.append("ca_name = ?")
+            arguments += [ca]
+        }
         var sql = "SELECT * FROM records"
         if !clauses.isEmpty { sql += " WHERE " + clauses.joined(separator: " AND ") }
         sql += " ORDER BY seq"
@@ -356,6 +430,47 @@ public final class SQLiteLedger: Ledger {
 
     public func head() async throws -> (seq: Int64, hash: String) {
         try guarded("reading the ledger") { try dbQueue.read { db in try Self.head(db) } }
+    }
+
+    public func heads() async throws -> LedgerHeads {
+        try guarded("reading the ledger") {
+            try dbQueue.read { db in
+                let records = try Self.head(db)
+                let events = try Row.fetchOne(
+                    db.cachedStatement(sql: "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"))
+                return LedgerHeads(
+                    recordsSeq: records.seq, recordsHash: records.hash, eventsSeq: events?[0] ?? 0,
+                    eventsHash: events?[1] ?? LedgerRecord.genesisHash)
+            }
+        }
+    }
+
+    public func event(seq: Int64) async throws -> LedgerEvent? {
+        try guarded("reading the ledger") {
+            try dbQueue.read { db in
+                try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM events WHERE seq = ?"), arguments: [seq]).map(
+                    Self.event)
+            }
+        }
+    }
+
+    public func forEachEvent(
+        kinds: Set<EventKind>?, afterSeq: Int64, _ body: (LedgerEvent) throws -> Void
+    ) async throws {
+        var sql = "SELECT * FROM events WHERE seq > ?"
+        var args: StatementArguments = [afterSeq]
+        if let kinds {
+            let sorted = kinds.map(\.rawValue).sorted()
+            sql += " AND kind IN (\(sorted.map { _ in "?" }.joined(separator: ", ")))"
+            args += StatementArguments(sorted)
+        }
+        sql += " ORDER BY seq"
+        try guarded("reading the ledger") {
+            try dbQueue.read { db in
+                let cursor = try Row.fetchCursor(db, sql: sql, arguments: args)
+                while let row = try cursor.next() { try body(Self.event(row)) }
+            }
+        }
     }
 
     public func events(recordSeq: Int64?, limit: Int?) async throws -> [LedgerEvent] {
@@ -421,10 +536,10 @@ public final class SQLiteLedger: Ledger {
         return (0, LedgerRecord.genesisHash)
     }
 
-    private static func refusal(_ db: Database, _ r: Reservation) throws -> KeylineError? {
-        if try Bool.fetchOne(db.cachedStatement(sql: "SELECT 1 FROM records WHERE cn = ?"), arguments: [r.cn]) != nil {
-            return .refused("unique-cn", "CN '\(r.cn)' was already issued")
-        }
+    private static func refusal(_ db: Database, _ r: inout Reservation) throws -> KeylineError? {
+        let latest = try Row.fetchOne(db.cachedStatement(sql: latestByCN), arguments: [r.cn]).map(record)
+        if let error = r.cnRefusal(latest: latest) { return error }
+        r.reissueOf = r.reissue ? latest?.seq : nil
         if try Bool.fetchOne(
             db.cachedStatement(sql: "SELECT 1 FROM records WHERE pubkey_sha256 = ?"), arguments: [r.publicKeySHA256])
             != nil
@@ -442,8 +557,8 @@ public final class SQLiteLedger: Ledger {
             sql: """
                 INSERT INTO records (seq, cn, serial_hex, cert_sha256, pubkey_sha256, ca_sha256, ca_name, profile, station_id,
                   operator, key_origin, hardware_id, work_order, not_before, not_after, cert_der, state, created_at, updated_at,
-                  prev_hash, hash, has_attributes, description, tags, product_prn, cohort_prn, target)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                  prev_hash, hash, has_attributes, description, tags, product_prn, cohort_prn, target, reissue_of)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """
         ).execute(
             arguments: [
@@ -452,7 +567,7 @@ public final class SQLiteLedger: Ledger {
                 Timestamp.seconds(c.notBefore), Timestamp.seconds(c.notAfter), Data(c.certificateDER), r.state.rawValue,
                 Timestamp.millis(c.createdAt), Timestamp.millis(r.updatedAt), r.prevHash, r.hash,
                 c.attributes == nil ? 0 : 1, c.attributes?.description, c.attributes?.tags.joined(separator: ","),
-                c.attributes?.productPRN, c.attributes?.cohortPRN, c.attributes?.target,
+                c.attributes?.productPRN, c.attributes?.cohortPRN, c.attributes?.target, c.reissueOf,
             ])
     }
 
@@ -486,7 +601,8 @@ public final class SQLiteLedger: Ledger {
             keyOrigin: KeyOrigin(rawValue: row["key_origin"] ?? "") ?? .device, hardwareID: row["hardware_id"],
             workOrder: row["work_order"], notBefore: Date(timeIntervalSince1970: Double(row["not_before"] as Int64)),
             notAfter: Date(timeIntervalSince1970: Double(row["not_after"] as Int64)), certificateDER: Array(der),
-            createdAt: Timestamp.fromMillis(row["created_at"]), attributes: attributes(row))
+            createdAt: Timestamp.fromMillis(row["created_at"]), attributes: attributes(row),
+            reissueOf: row["reissue_of"])
         return LedgerRecord(
             seq: row["seq"], content: content, state: RecordState(rawValue: row["state"] ?? "") ?? .failed,
             updatedAt: Timestamp.fromMillis(row["updated_at"]), prevHash: row["prev_hash"], hash: row["hash"])
