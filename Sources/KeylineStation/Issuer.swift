@@ -49,7 +49,7 @@ public struct Issuer: Sendable {
 
     /// Signs one CSR (PEM or DER bytes). Refusals are recorded as events and thrown.
     public func sign(
-        csrBytes: [UInt8], hardwareID: String? = nil, workOrder: String? = nil
+        csrBytes: [UInt8], hardwareID: String? = nil, workOrder: String? = nil, reissue: Bool = false
     ) async throws -> IssuedCertificate {
         let csr: CSRInput
         do {
@@ -65,7 +65,7 @@ public struct Issuer: Sendable {
         }
         return try await issue(
             cn: accepted.cn, publicKey: accepted.publicKey, origin: .device, hardwareID: hardwareID,
-            workOrder: workOrder)
+            workOrder: workOrder, reissue: reissue)
     }
 
     /// Checks a station-chosen CN against the profile; refusals are recorded and thrown.
@@ -91,15 +91,17 @@ public struct Issuer: Sendable {
     /// Reserve → sign → commit one certificate for a public key that passed the policy.
     public func issue(
         cn: String, publicKey: Certificate.PublicKey, origin: KeyOrigin, hardwareID: String? = nil,
-        workOrder: String? = nil
+        workOrder: String? = nil, reissue: Bool = false
     ) async throws -> IssuedCertificate {
         try await issueBatch(
-            [Request(cn: cn, publicKey: publicKey, hardwareID: hardwareID)], origin: origin, workOrder: workOrder)[0]
+            [Request(cn: cn, publicKey: publicKey, hardwareID: hardwareID)], origin: origin, workOrder: workOrder,
+            reissue: reissue)[0]
     }
 
-    /// Reserve → sign → commit many certificates in one transaction (all or none).
+    /// Reserve → sign → commit many certificates in one transaction (all or none). With `reissue`, every CN must
+    /// have a revoked certificate that the new one replaces (rework).
     public func issueBatch(
-        _ requests: [Request], origin: KeyOrigin, workOrder: String? = nil
+        _ requests: [Request], origin: KeyOrigin, workOrder: String? = nil, reissue: Bool = false
     ) async throws
         -> [IssuedCertificate]
     {
@@ -115,7 +117,7 @@ public struct Issuer: Sendable {
         let reservations = requests.map {
             Reservation(
                 cn: $0.cn, publicKeySHA256: CertificateFactory.publicKeyFingerprint($0.publicKey),
-                operatorName: operatorName)
+                operatorName: operatorName, reissue: reissue)
         }
         var built: [Certificate] = []
         let records = try await station.ledger.issueBatch(reservations) { reserved in
@@ -148,7 +150,7 @@ public struct Issuer: Sendable {
             publicKeySHA256: r.publicKeySHA256, caFingerprint: loaded.ca.fingerprint, caName: loaded.ca.name,
             profile: profile.name, stationID: station.config.stationID, operatorName: operatorName, keyOrigin: origin,
             hardwareID: hardwareID, workOrder: workOrder, notBefore: validity.notBefore, notAfter: validity.notAfter,
-            certificateDER: der, createdAt: at)
+            certificateDER: der, createdAt: at, reissueOf: r.reissueOf)
         // The backend attributes are decided now, with the description rendered from this very record.
         content.attributes = DeviceManifestRow.attributes(for: content, profile: profile, template: descriptionTemplate)
         return (content, cert)

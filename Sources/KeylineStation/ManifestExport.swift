@@ -120,7 +120,10 @@ public struct DeviceManifestExporter {
         }
         let (digest, size) = try Self.sha256(ofFile: tmp)
         // link(2) refuses an existing name, so an export never replaces another, even one made meanwhile.
-        for existing in [ManifestSignature.summaryPath(path), ManifestSignature.signaturePath(path)]
+        for existing in [
+            ManifestSignature.summaryPath(path), ManifestSignature.signaturePath(path),
+            ManifestSignature.checkpointPath(path),
+        ]
         where FileManager.default.fileExists(atPath: existing) {
             unlink(tmp)
             throw KeylineError(.ioError, "\(existing) already exists; choose another --out or move the old export away")
@@ -152,6 +155,11 @@ public struct DeviceManifestExporter {
                 detail:
                     "manifest devices \(format.rawValue): \(rows) rows, \(ExportSummary.rangeText(first, last)), sha256 \(digest), \(summary.file)",
                 stationID: config.stationID, operatorName: config.operatorName(option: nil), at: now))
+        // The outside anchor: QA files it with the manifest, and `ledger verify --checkpoint` proves later that
+        // nothing this export saw was removed.
+        let checkpoint = try await LedgerCheckpoint.make(
+            station: station, operatorName: config.operatorName(option: nil), now: now)
+        try SafeFile.write(checkpoint.text, to: ManifestSignature.checkpointPath(path), exclusive: true)
         return summary
     }
 
@@ -285,6 +293,7 @@ struct DeviceJSON: Encodable {
 public enum ManifestSignature {
     public static func summaryPath(_ file: String) -> String { file + ".summary.json" }
     public static func signaturePath(_ file: String) -> String { file + ".sig" }
+    public static func checkpointPath(_ file: String) -> String { file + ".checkpoint" }
 
     static func write(summary: ExportSummary, for file: String, key: P256.Signing.PrivateKey) throws {
         let encoder = JSONEncoder()
@@ -348,6 +357,16 @@ final class BufferedFileOutputStream: OutputStream {
         buffer.reserveCapacity(Self.blockSize)
     }
 
+    /// Writes to an open descriptor (standard output); `finish` then flushes without closing or syncing it.
+    init(fd: Int32) {
+        self.fd = fd
+        borrowed = true
+        super.init(toMemory: ())
+        buffer.reserveCapacity(Self.blockSize)
+    }
+
+    private var borrowed = false
+
     required init(toMemory: ()) {
         fd = -1
         super.init(toMemory: ())
@@ -383,6 +402,10 @@ final class BufferedFileOutputStream: OutputStream {
 
     /// Flushes, fsyncs and closes; false when any write failed.
     func finish() -> Bool {
+        if borrowed {
+            status = .closed
+            return flush() && !failed
+        }
         let ok = flush() && !failed && fsync(fd) == 0
         Glibc.close(fd)
         status = .closed
@@ -392,7 +415,7 @@ final class BufferedFileOutputStream: OutputStream {
     override func close() {
         if status != .closed {
             _ = flush()
-            Glibc.close(fd)
+            if !borrowed { Glibc.close(fd) }
             status = .closed
         }
     }

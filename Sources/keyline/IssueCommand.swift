@@ -27,6 +27,9 @@ struct IssueCommand: AsyncParsableCommand {
             Examples:
               keyline issue dev-0001 dev-0002 --out batch
               keyline issue --count 1000 --cn-template 'SN-{seq:06}' --out batch-42
+
+            A reworked device whose certificate was revoked ('keyline ledger revoke CN --reason rework') is issued \
+            again only with --reissue; without it a known CN is refused (unique-cn, exit 3).
             """
     )
 
@@ -44,6 +47,12 @@ struct IssueCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("File holding the CA key's passphrase (mode 0600).", valueName: "FILE"))
     var passphraseFile: String?
     @Option(name: .long, help: "Operator recorded with each certificate.") var `operator`: String?
+    @Flag(
+        name: .long,
+        help:
+            "Issue CNs again whose certificates were revoked (rework); each new record names the one it replaces. Use a fresh --out directory."
+    )
+    var reissue = false
 
     func validate() throws {
         if count == nil && cns.isEmpty { throw ValidationError("give CNs, or --count N with --cn-template") }
@@ -81,13 +90,24 @@ struct IssueCommand: AsyncParsableCommand {
             for cn in names {
                 try await issuer.checkCN(cn)
                 if let record = known[cn] {
+                    // A revoked CN given --reissue gets a new certificate; the ledger checks the rest.
+                    if reissue && record.state == .revoked {
+                        todo.append(cn)
+                        continue
+                    }
                     if try batch.finishIfStaged(record: record) {
                         skipped += 1
                         continue
                     }
-                    let error = KeylineError.refused(
-                        "unique-cn",
-                        "CN '\(cn)' was already issued (ledger seq \(record.seq)) and its key is not in \(out)")
+                    let error =
+                        reissue
+                        ? (Reservation(cn: cn, publicKeySHA256: "", reissue: true).cnRefusal(latest: record)
+                            ?? .refused("reissue", "CN '\(cn)' cannot be re-issued"))
+                        : KeylineError.refused(
+                            "unique-cn",
+                            "CN '\(cn)' was already issued (ledger seq \(record.seq), \(record.state.rawValue)) and its key is not in \(out)"
+                                + (record.state == .revoked
+                                    ? "; a reworked device may be issued again with --reissue" : ""))
                     _ = try? await station.ledger.recordRefusal(
                         cn: cn, reason: error.reason, operatorName: issuer.operatorName, at: Date())
                     throw error
@@ -108,7 +128,7 @@ struct IssueCommand: AsyncParsableCommand {
                 do {
                     issued = try await issuer.issueBatch(
                         keys.map { Issuer.Request(cn: $0.cn, publicKey: Certificate.PublicKey($0.key.publicKey)) },
-                        origin: .station, workOrder: workOrder)
+                        origin: .station, workOrder: workOrder, reissue: reissue)
                 } catch {
                     batch.unstage(slice)
                     throw error

@@ -9,7 +9,10 @@ struct LedgerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ledger",
         abstract: "Inspect and verify the ledger of issued certificates.",
-        subcommands: [LedgerVerify.self, LedgerList.self, LedgerShow.self]
+        subcommands: [
+            LedgerVerify.self, LedgerList.self, LedgerSearch.self, LedgerShow.self, LedgerStatsCommand.self,
+            LedgerRevoke.self, LedgerCheckpointCommand.self, LedgerReconcile.self,
+        ]
     )
 }
 
@@ -81,11 +84,39 @@ struct LedgerVerify: AsyncParsableCommand {
             Recomputes every record's and event's hash from its stored content and the previous hash, and checks each \
             record's state against its events. Detects edited, deleted, inserted and reordered rows (even when the \
             database's protective triggers were dropped). Exit 0 when intact, 4 when not.
+
+            The chain cannot show that the newest records were removed; a checkpoint kept outside the station can. \
+            With --checkpoint FILE (from 'keyline ledger checkpoint', or the FILE.checkpoint beside every manifest \
+            export) it also checks the checkpoint's signature and that the ledger still holds every record and \
+            event it covered, and says how many are missing. Give --public-key with QA's own copy of the station's \
+            public key; by default the station's station-signing.pem is used.
             """
     )
 
     @OptionGroup var options: StationOptions
     @Flag(name: .long, help: "Print JSON.") var json = false
+    @Option(
+        name: .long, help: ArgumentHelp("Also prove the ledger holds what this checkpoint covered.", valueName: "FILE"))
+    var checkpoint: String?
+    @Option(
+        name: .long,
+        help: ArgumentHelp("The station public key (PEM) to check the checkpoint with.", valueName: "PEM"))
+    var publicKey: String?
+
+    struct CheckpointReport: Encodable {
+        var file: String
+        var holds: Bool
+        var records_seq: Int64
+        var events_seq: Int64
+        var created_at: String
+        var missing_records: Int64
+        var missing_events: Int64
+        var record_differs: Bool
+        var event_differs: Bool
+        var newer_records: Int64
+        var newer_events: Int64
+        var problem: String?
+    }
 
     struct Report: Encodable {
         var intact: Bool
@@ -96,10 +127,12 @@ struct LedgerVerify: AsyncParsableCommand {
         var problems: [String]
         var head_seq: Int64
         var head_hash: String
+        var checkpoint: CheckpointReport?
 
         func encode(to encoder: Encoder) throws {
             enum K: String, CodingKey {
-                case intact, records, events, first_bad_record_seq, first_bad_event_seq, problems, head_seq, head_hash
+                case intact, records, events, first_bad_record_seq, first_bad_event_seq, problems, head_seq, head_hash,
+                    checkpoint
             }
             var c = encoder.container(keyedBy: K.self)
             try c.encode(intact, forKey: .intact)
@@ -110,20 +143,40 @@ struct LedgerVerify: AsyncParsableCommand {
             try c.encode(problems, forKey: .problems)
             try c.encode(head_seq, forKey: .head_seq)
             try c.encode(head_hash, forKey: .head_hash)
+            if let checkpoint { try c.encode(checkpoint, forKey: .checkpoint) }
         }
     }
 
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
             let station = try options.openStation()
+            var verdict: LedgerCheckpoint.Verdict?
+            if let checkpoint {
+                guard let data = FileManager.default.contents(atPath: checkpoint) else {
+                    throw KeylineError(.ioError, "cannot read \(checkpoint)")
+                }
+                verdict = try await LedgerCheckpoint.verify(
+                    station: station, text: String(decoding: data, as: UTF8.self), source: checkpoint,
+                    publicKeyPath: publicKey)
+            }
             let r = try await station.ledger.verify()
             if json {
                 try Console.json(
                     Report(
-                        intact: r.isIntact, records: r.recordsChecked, events: r.eventsChecked,
+                        intact: r.isIntact && (verdict?.holds ?? true), records: r.recordsChecked,
+                        events: r.eventsChecked,
                         first_bad_record_seq: r.firstBadRecordSeq,
                         first_bad_event_seq: r.firstBadEventSeq, problems: r.problems, head_seq: r.headSeq,
-                        head_hash: r.headHash))
+                        head_hash: r.headHash,
+                        checkpoint: verdict.map { v in
+                            CheckpointReport(
+                                file: checkpoint!, holds: v.holds, records_seq: v.checkpoint.recordsSeq,
+                                events_seq: v.checkpoint.eventsSeq,
+                                created_at: Timestamp.isoMillis(v.checkpoint.createdAt),
+                                missing_records: v.missingRecords, missing_events: v.missingEvents,
+                                record_differs: v.recordDiffers, event_differs: v.eventDiffers,
+                                newer_records: v.newerRecords, newer_events: v.newerEvents, problem: v.problem)
+                        }))
             } else if r.isIntact {
                 Console.out(
                     "ledger intact: \(r.recordsChecked) records, \(r.eventsChecked) events, head seq \(r.headSeq) hash \(r.headHash)\n"
@@ -131,6 +184,20 @@ struct LedgerVerify: AsyncParsableCommand {
             } else {
                 Console.out("ledger TAMPERED: \(r.problems.count) problem(s)\n")
                 r.problems.forEach { Console.out("  \($0)\n") }
+            }
+            if let v = verdict, !json {
+                if v.holds {
+                    Console.out(
+                        "checkpoint holds: records 1–\(v.checkpoint.recordsSeq) and events 1–\(v.checkpoint.eventsSeq) of \(Timestamp.isoMillis(v.checkpoint.createdAt)) are all present and unchanged (\(v.newerRecords) records, \(v.newerEvents) events since)\n"
+                    )
+                } else {
+                    Console.out("checkpoint FAILS: \(v.problem ?? "")\n")
+                }
+            }
+            if let v = verdict, !v.holds, r.isIntact {
+                Console.error(
+                    KeylineError(.integrity, v.problem ?? "checkpoint does not hold"), verbose: options.verbose)
+                throw ExitCode(KeylineError.Code.integrity.exitStatus)
             }
             if !r.isIntact {
                 let first =
@@ -188,7 +255,9 @@ struct LedgerList: AsyncParsableCommand {
         }
     }
 
-    func pad(_ s: String, _ n: Int) -> String {
+    func pad(_ s: String, _ n: Int) -> String { Self.pad(s, n) }
+
+    static func pad(_ s: String, _ n: Int) -> String {
         s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count)
     }
 }

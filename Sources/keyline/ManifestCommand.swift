@@ -11,7 +11,7 @@ struct ManifestCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "manifest",
         abstract: "Export what the backend takes: the CA's JITP registration and the device import manifest.",
-        subcommands: [ManifestJITP.self, ManifestDevices.self, ManifestVerify.self]
+        subcommands: [ManifestJITP.self, ManifestDevices.self, ManifestRevocations.self, ManifestVerify.self]
     )
 }
 
@@ -188,6 +188,67 @@ struct ManifestDevices: AsyncParsableCommand {
             Console.note(
                 "exported \(summary.rows) device(s) to \(path) (\(range), SHA-256 \(summary.sha256)); signed summary in \(ManifestSignature.summaryPath(path))"
             )
+        }
+    }
+}
+
+struct ManifestRevocations: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "revocations",
+        abstract: "List the certificates revoked here, for deactivating them in the backend.",
+        discussion: """
+            One row per revocation, oldest first: identifier, certificate SHA-256 fingerprint, serial, CA, reason, \
+            note, time, ledger and event sequence numbers. CSV (every field quoted) or JSON; standard output unless \
+            --out names a file (never replaced). --since limits it to revocations at or after TIME.
+
+            Examples:
+              keyline manifest revocations --since 2026-11-01
+              keyline manifest revocations --format json --out revoked-2026-11.json
+            """)
+
+    @OptionGroup var options: StationOptions
+    @Option(name: .long, help: ArgumentHelp("Only revocations at or after TIME (ISO 8601).", valueName: "TIME"))
+    var since: String?
+    @Option(name: .long, help: "csv or json.") var format = "csv"
+    @Option(name: .long, help: ArgumentHelp("Write to FILE instead of standard output.", valueName: "FILE")) var out:
+        String?
+
+    func validate() throws {
+        guard ["csv", "json"].contains(format) else { throw ValidationError("--format must be csv or json") }
+        if let since { _ = try LedgerSearch.time(since, "--since") }
+    }
+
+    func run() async throws {
+        try await runReporting(verbose: options.verbose) {
+            let station = try options.openStation()
+            if let out, FileManager.default.fileExists(atPath: out) {
+                throw KeylineError(.ioError, "\(out) already exists; choose another --out or move the old one away")
+            }
+            let rows = try await Revocation.rows(
+                station: station, since: try since.map { try LedgerSearch.time($0, "--since") })
+            var text = ""
+            if format == "json" {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+                text = String(decoding: try encoder.encode(["revocations": rows]), as: UTF8.self) + "\n"
+            } else {
+                func q(_ s: String) -> String { "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" }
+                text = "identifier,fingerprint,serial,ca,reason,note,revoked_at,ledger_seq,event_seq\n"
+                for r in rows {
+                    text +=
+                        [
+                            r.identifier, r.fingerprint, r.serial, r.ca, r.reason, r.note ?? "", r.revoked_at,
+                            String(r.ledger_seq), String(r.event_seq),
+                        ].map(q).joined(separator: ",") + "\n"
+                }
+            }
+            if let out {
+                try SafeFile.write(text, to: out, exclusive: true)
+                Console.note("\(rows.count) revocation(s) written to \(out)")
+            } else {
+                Console.out(text)
+                Console.note("\(rows.count) revocation(s)")
+            }
         }
     }
 }

@@ -24,6 +24,7 @@ struct SignCommand: AsyncParsableCommand {
               keyline sign device.csr --out device.pem
               keyline sign csrs/*.csr --out-dir certs --chain
               cat device.csr | keyline sign - --profile line2
+              keyline sign reworked.csr --reissue --out device.pem   # after 'keyline ledger revoke CN --reason rework'
             """
     )
 
@@ -54,6 +55,12 @@ struct SignCommand: AsyncParsableCommand {
     var timings: String?
     @Option(name: .long, help: "Device hardware id recorded with the certificate (one CSR only).") var hardwareId:
         String?
+    @Flag(
+        name: .long,
+        help:
+            "Issue a CN again whose certificate was revoked (rework); the new record names the one it replaces. Refused for a CN that was never issued or is not revoked."
+    )
+    var reissue = false
 
     func validate() throws {
         if out != nil && outDir != nil { throw ValidationError("--out and --out-dir cannot be used together") }
@@ -77,7 +84,8 @@ struct SignCommand: AsyncParsableCommand {
                 let started = clock.now
                 do {
                     let bytes = try readInput(path)
-                    let issued = try await issuer.sign(csrBytes: bytes, hardwareID: hardwareId, workOrder: workOrder)
+                    let issued = try await issuer.sign(
+                        csrBytes: bytes, hardwareID: hardwareId, workOrder: workOrder, reissue: reissue)
                     let pem = issued.pem + "\n" + chainPEM
                     // The record is durable now; only from here may the certificate leave the station. The file is
                     // replaced atomically but not fsync'd: the ledger holds the certificate, so a file lost to a

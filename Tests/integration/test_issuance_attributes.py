@@ -127,7 +127,7 @@ def sha256_file(path: Path) -> str:
 
 
 def export_files(path: Path) -> list[Path]:
-    return [path, Path(f"{path}.summary.json"), Path(f"{path}.sig")]
+    return [path, Path(f"{path}.summary.json"), Path(f"{path}.sig"), Path(f"{path}.checkpoint")]
 
 
 def snapshot(paths) -> dict[str, str | None]:
@@ -446,7 +446,7 @@ def test_export_refuses_to_overwrite_an_earlier_export(station: Station, tmp_pat
     r = station.run("manifest", "devices", "--out", lone)
     assert_exit(r, EXIT_IO)
     assert "lone.csv.summary.json" in assert_one_line_error(r), r
-    assert not lone.exists() and not Path(f"{lone}.sig").exists()
+    assert not lone.exists() and not Path(f"{lone}.sig").exists() and not Path(f"{lone}.checkpoint").exists()
     assert Path(f"{lone}.summary.json").read_text() == "{}\n"
 
 

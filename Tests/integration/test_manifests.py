@@ -646,7 +646,7 @@ def test_manifest_devices_default_output_in_exports(station: Station, tmp_path):
     made = sorted(p.name for p in exports.iterdir())
     csvs = [n for n in made if n.endswith(".csv")]
     assert len(csvs) == 1, made
-    assert set(made) == {csvs[0], csvs[0] + ".summary.json", csvs[0] + ".sig"}, made
+    assert set(made) == {csvs[0], csvs[0] + ".summary.json", csvs[0] + ".sig", csvs[0] + ".checkpoint"}, made
     assert_csv_devices(station, exports / csvs[0], [d for d in devices if d.profile == "line1"])
     assert_exit(station.run("manifest", "verify", exports / csvs[0]), EXIT_OK)
 
