@@ -100,6 +100,8 @@ def rel(path) -> str:
 
 
 COMMANDS: list[dict] = []
+# The number each step's commands carry in the report ("4 export at scale", ...).
+STEP_NUMBERS = {"durable": "1", "growth": "2", "bulk": "3", "export": "4", "reconcile": "5", "line": "6"}
 
 
 def note_command(step: str, argv: list[str], what: str = "") -> None:
@@ -424,6 +426,18 @@ class Bench:
         self.env.pop("KEYLINE_STATION", None)
         self.r: dict = {}
         self.notes: list[str] = []
+        self.only = set(args.only.split(",")) if args.only else set()
+        if self.only:
+            # A partial run: start from the last full run's figures and replace only what the named steps measure.
+            self.r = json.loads(RESULTS.read_text())
+            self.r.pop("targets", None)
+            # keep the full run's commands of the steps not re-run
+            self.kept_commands = [c for c in self.r.pop("commands", [])
+                                  if not any(c["step"].split(" ", 1)[0] == STEP_NUMBERS[n] for n in self.only)]
+            self.notes = [n for n in self.r.pop("notes", []) if not n.startswith("Partial run")]
+            self.growth_station = WORK / "growth" / "station"
+            if "growth" not in self.only:
+                self.sizes = self.r.get("parameters", {}).get("growth_sizes", self.sizes)
 
     # -- helpers --------------------------------------------------------------------------------------------------
 
@@ -456,7 +470,15 @@ class Bench:
             if not os.access("/usr/bin/time", os.X_OK):
                 raise StepFailed("/usr/bin/time is missing (apt-get install time, as root)")
         waited_for = 0.0
-        if WORK.exists():
+        keep_growth = bool(self.only) and "growth" not in self.only
+        if keep_growth:
+            # A partial run that reuses the growth station must not wipe it: drop only the other steps' scratch.
+            if not (WORK / "growth" / "station" / "ledger.sqlite").exists():
+                raise StepFailed(f"--only {','.join(sorted(self.only))} reuses {rel(WORK / 'growth/station')}, "
+                                 "which is missing: include growth in --only (or run the full bench)")
+            for name in sorted(self.only):
+                shutil.rmtree(WORK / name, ignore_errors=True)
+        elif WORK.exists():
             recent = 0.0
             try:
                 stamp = json.loads(DELETED_STAMP.read_text())
@@ -478,7 +500,7 @@ class Bench:
                 subprocess.run(["sync"], timeout=600)
                 time.sleep(recent)
                 waited_for = recent
-        WORK.mkdir(parents=True)
+        WORK.mkdir(parents=True, exist_ok=True)
         self.r["waited_after_deletion_seconds"] = round(waited_for)
         if waited_for:
             self.notes.append(f"The run waited {waited_for:.0f} s before measuring, after a mass deletion of files "
@@ -1026,9 +1048,60 @@ class Bench:
         self.r["export_ledger_size"] = size
         self.r["export_1m_seconds"] = round(median([r["seconds"] for r in runs]), 3)
         self.r["export_1m_peak_rss_mb"] = max(r.get("peak_rss_mb", 0) for r in runs)
-        self.r["reconcile_1m_seconds"] = None
-        self.r["reconcile_1m_peak_rss_mb"] = None
-        self.r["reconcile"] = "not available: keyline ledger reconcile does not exist yet"
+
+    # -- step 5 ---------------------------------------------------------------------------------------------------
+
+    def step_reconcile(self):
+        step = "5 reconcile at scale"
+        station = self.growth_station
+        size = self.sizes[-1]
+        log(f"step 5: reconcile — keyline ledger reconcile of the {size}-record ledger of step 2 against its own "
+            "device manifest (the backend's view), beside a Python dict-based peer")
+        base = WORK / "reconcile"
+        shutil.rmtree(base, ignore_errors=True)
+        base.mkdir(parents=True)
+        export = base / "backend.csv"
+        argv = self.kl("manifest", "devices", "--profile", "bench", "--out", str(export), "--station", str(station))
+        note_command(step, argv, "the backend's view: the device import manifest of every bench record")
+        run(argv, timeout=3600, what="keyline manifest devices (reconcile input)", env=self.env)
+        rows = json.loads(Path(f"{export}.summary.json").read_text())["rows"]
+        ledger = station / "ledger.sqlite"
+        runs, peer_runs = [], []
+        for k in range(2):
+            tv = base / f"time-keyline-{k + 1}.txt"
+            out = base / f"reconcile-{k + 1}.json"
+            argv = self.time_v(self.kl("ledger", "reconcile", str(export), "--profile", "bench", "--json",
+                                       "--station", str(station)), tv)
+            note_command(step, argv, "reconcile every device against the ledger (time, peak RSS); JSON to a file")
+            settle()
+            with open(out, "wb") as o:
+                _, wall = run(argv, timeout=3600, what="keyline ledger reconcile", stdout=o, env=self.env)
+            doc = json.loads(out.read_text())
+            matched = doc["summary"]["matched"]
+            if matched != rows or doc["exit_status"] != 0:
+                raise StepFailed(f"reconcile matched {matched} of {rows} rows (exit {doc['exit_status']})")
+            runs.append({"seconds": round(wall, 3), "rows": rows, "matched": matched, **parse_time_v(tv)})
+            log(f"  keyline {k + 1}: {rows} vs {rows} in {wall:.1f} s, peak RSS {runs[-1].get('peak_rss_mb')} MB")
+            tv = base / f"time-peer-{k + 1}.txt"
+            argv = self.time_v([sys.executable, str(Path(__file__).resolve()), "_reconcile-peer", str(ledger),
+                                str(export), "bench"], tv)
+            note_command(step, argv, "peer: Python dicts over the same ledger and export (time, peak RSS)")
+            settle()
+            cp, wall = run(argv, timeout=3600, what="reconcile peer", env=self.env)
+            counts = json.loads(cp.stdout.decode().strip().splitlines()[-1])
+            if counts["matched"] != rows:
+                raise StepFailed(f"the peer matched {counts['matched']} of {rows} rows: {counts}")
+            peer_runs.append({"seconds": round(wall, 3), "rows": rows, **counts, **parse_time_v(tv)})
+            log(f"  peer {k + 1}: {wall:.1f} s, peak RSS {peer_runs[-1].get('peak_rss_mb')} MB")
+        export.unlink()
+        self.r["reconcile"] = {"ledger_records": size, "export_rows": rows, "runs": runs, "peer_runs": peer_runs}
+        self.r["reconcile_1m_seconds"] = round(median([r["seconds"] for r in runs]), 3)
+        self.r["reconcile_1m_peak_rss_mb"] = max(r.get("peak_rss_mb", 0) for r in runs)
+        self.r["reconcile_rows"] = rows
+        self.r["reconcile_peer_seconds"] = round(median([r["seconds"] for r in peer_runs]), 3)
+        self.r["reconcile_peer_peak_rss_mb"] = max(r.get("peak_rss_mb", 0) for r in peer_runs)
+        self.r["reconcile_speed_ratio_vs_peer"] = ratio(self.r["reconcile_peer_seconds"],
+                                                        self.r["reconcile_1m_seconds"])
 
     def step_line(self):
         self.r["line"] = "not available: the station daemon does not exist yet"
@@ -1069,14 +1142,29 @@ class Bench:
         t.append({"target": "export of 1,000,000 records with peak RSS < 100 MB",
                   "figure": f"{rss} MB at {es:,} records" if rss is not None else "n/a",
                   "status": None if rss is None else status(rss < 100) + small})
+        rr, rn = r.get("reconcile_1m_peak_rss_mb"), r.get("reconcile_rows")
+        if rr is not None:
+            t.append({"target": "reconcile streams: 1,000,000 vs 1,000,000 with flat memory (peak RSS < 100 MB)",
+                      "figure": f"{rr} MB, {r.get('reconcile_1m_seconds')} s at {rn:,} devices",
+                      "status": status(rr < 100) + ("" if rn and rn >= 1_000_000 else " at a smaller ledger")})
         return t
 
     def write(self, duration: float):
         r = self.r
         r["targets"] = self.targets()
-        r["notes"] = self.auto_notes() + self.notes
-        r["commands"] = COMMANDS
-        r["duration_seconds"] = round(duration, 1)
+        auto = self.auto_notes()
+        r["notes"] = auto + [n for n in self.notes if n not in auto]
+        if self.only:
+            r["commands"] = sorted(self.kept_commands + COMMANDS, key=lambda c: c["step"])
+            partial = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                       "steps": sorted(self.only), "duration_seconds": round(duration, 1)}
+            r["partial_runs"] = [p for p in r.get("partial_runs", []) if set(p["steps"]) - self.only] + [partial]
+            r["notes"].append(f"Partial run on {partial['date']}: steps {', '.join(partial['steps'])} re-measured "
+                              f"with `Scripts/bench --only {','.join(partial['steps'])}` on the same machine; the "
+                              f"other figures are from the full run of {r['date']}.")
+        else:
+            r["commands"] = COMMANDS
+            r["duration_seconds"] = round(duration, 1)
         ordered = {k: r[k] for k in (
             "date", "quick", "duration_seconds", "parameters",
             "keyline_durable_per_sec", "pyca_durable_per_sec", "openssl_ca_per_sec", "openssl_ca_plain_key_per_sec",
@@ -1089,7 +1177,8 @@ class Bench:
             "bulk_per_sec", "bulk_1core_per_sec", "raw_limit_1core_per_sec", "raw_limit_all_per_sec",
             "bulk_ratio_vs_raw_limit", "bulk_ratio_vs_raw_limit_all", "bulk_all_cpu_percent", "cores",
             "export_1m_seconds", "export_1m_peak_rss_mb", "export_ledger_size", "export_records",
-            "reconcile_1m_seconds", "reconcile_1m_peak_rss_mb", "reconcile",
+            "reconcile_1m_seconds", "reconcile_1m_peak_rss_mb", "reconcile_rows", "reconcile_peer_seconds",
+            "reconcile_peer_peak_rss_mb", "reconcile_speed_ratio_vs_peer", "reconcile",
             "line", "line_p50_us_1_fixture", "line_p99_us_1_fixture", "line_p50_us_4_fixtures",
             "line_p99_us_4_fixtures") if k in r}
         ordered.update({k: v for k, v in r.items() if k not in ordered})
@@ -1219,7 +1308,11 @@ class Bench:
             (f"export of {f(r.get('export_ledger_size'))} records ({f(r.get('export_records'))} rows), seconds",
              f(r.get("export_1m_seconds"), 2)),
             ("export peak RSS, MB", f(r.get("export_1m_peak_rss_mb"))),
-            ("ledger reconcile 1M vs 1M", "not available (no `keyline ledger reconcile` yet)"),
+            (f"ledger reconcile, {f(r.get('reconcile_rows'))} devices vs the ledger, seconds",
+             f(r.get("reconcile_1m_seconds"), 2)),
+            ("reconcile peak RSS, MB", f(r.get("reconcile_1m_peak_rss_mb"))),
+            ("reconcile peer (Python dicts), seconds / peak RSS MB",
+             f"{f(r.get('reconcile_peer_seconds'), 2)} / {f(r.get('reconcile_peer_peak_rss_mb'))}"),
             ("the line (daemon, p50/p99 per device)", "not available (no daemon yet)"),
         ]
         for a, b in rows:
@@ -1281,6 +1374,22 @@ class Bench:
                 L.append(f"| {i} | {f(x['rows'])} | {f(x['seconds'], 2)} | {f(x.get('peak_rss_mb'))} | "
                          f"{x.get('cpu_percent')} | {x['bytes'] / 1e6:,.1f} |")
             L.append("")
+        rc = r.get("reconcile")
+        if isinstance(rc, dict):
+            L.append("### Reconcile\n")
+            L.append("| Run | Tool | Devices | Seconds | Peak RSS MB | CPU % |")
+            L.append("| --- | --- | ---: | ---: | ---: | ---: |")
+            for i, x in enumerate(rc["runs"], 1):
+                L.append(f"| {i} | keyline ledger reconcile | {f(x['rows'])} | {f(x['seconds'], 2)} | "
+                         f"{f(x.get('peak_rss_mb'))} | {x.get('cpu_percent')} |")
+            for i, x in enumerate(rc["peer_runs"], 1):
+                L.append(f"| {i} | Python dicts (peer) | {f(x['rows'])} | {f(x['seconds'], 2)} | "
+                         f"{f(x.get('peak_rss_mb'))} | {x.get('cpu_percent')} |")
+            L.append("")
+            L.append("The export is the station's own device manifest of every bench record, so every device "
+                     "matches; keyline sorts into all its categories and checks attributes, the peer only compares "
+                     "fingerprints. Speed ratio (peer seconds / keyline seconds): "
+                     f"{f(r.get('reconcile_speed_ratio_vs_peer'), 2)}×.\n")
         L.append("## Machine\n")
         L.append("| | |")
         L.append("| --- | --- |")
@@ -1335,6 +1444,18 @@ class Bench:
         except StepFailed as e:
             log(f"FAILED preflight: {e}")
             return 1
+        if self.only:
+            try:
+                self.preflight()
+            except StepFailed as e:
+                log(f"FAILED preflight: {e}")
+                return 1
+            self.r["step_seconds"] = self.r.get("step_seconds", {})
+            log(f"partial run: steps {sorted(self.only)}, merged into {rel(RESULTS)} of {self.r.get('date')}")
+            try:
+                return self.run_steps(t0)
+            finally:
+                self.cleanup()
         self.r["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         self.r["quick"] = self.quick
         self.r["parameters"] = {
@@ -1359,8 +1480,11 @@ class Bench:
 
     def run_steps(self, t0: float) -> int:
         failed = None
-        for name, fn in (("durable", self.step_durable), ("growth", self.step_growth), ("bulk", self.step_bulk),
-                         ("export", self.step_export), ("line", self.step_line)):
+        steps = (("durable", self.step_durable), ("growth", self.step_growth), ("bulk", self.step_bulk),
+                 ("export", self.step_export), ("reconcile", self.step_reconcile), ("line", self.step_line))
+        if self.only:
+            steps = tuple((n, fn) for n, fn in steps if n in self.only)
+        for name, fn in steps:
             ts = time.monotonic()
             try:
                 fn()
@@ -1397,9 +1521,46 @@ class Bench:
         return 0
 
 
+def reconcile_peer(argv: list[str]) -> int:
+    """The peer for step 5: what QA would script without Keyline. Loads the ledger's (CN, fingerprint) pairs and the
+    export into dicts, fingerprints every PEM of the export, and counts matched, missing, unknown and mismatched.
+    argv: LEDGER EXPORT.CSV PROFILE. Prints one JSON line."""
+    import base64
+    import csv as csvmod
+    ledger_path, export_path, profile = argv
+    csvmod.field_size_limit(1 << 24)
+    db = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
+    ledger = {cn: (fp, state) for cn, fp, state in db.execute(
+        "SELECT cn, cert_sha256, state FROM records WHERE profile = ? ORDER BY seq", (profile,))}
+    seen = set()
+    counts = {"matched": 0, "missing": 0, "unknown": 0, "mismatch": 0, "duplicate": 0}
+    with open(export_path, newline="") as f:
+        for row in csvmod.DictReader(f):
+            ident = row["identifier"]
+            if ident in seen:
+                counts["duplicate"] += 1
+                continue
+            seen.add(ident)
+            pem = row["certificates"]
+            body = pem.split("-----BEGIN CERTIFICATE-----", 1)[1].split("-----END CERTIFICATE-----", 1)[0]
+            fp = hashlib.sha256(base64.b64decode("".join(body.split()))).hexdigest().upper()
+            known = ledger.get(ident)
+            if known is None:
+                counts["unknown"] += 1
+            elif known[0] != fp:
+                counts["mismatch"] += 1
+            else:
+                counts["matched"] += 1
+    counts["missing"] = sum(1 for cn, (_, state) in ledger.items() if cn not in seen and state in ("issued", "delivered"))
+    print(json.dumps(counts))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if argv and argv[0] == "_pyca-peer":
         return pyca_peer(argv[1:])
+    if argv and argv[0] == "_reconcile-peer":
+        return reconcile_peer(argv[1:])
     ap = argparse.ArgumentParser(prog="Scripts/bench", description="Keyline benchmarks (issue 7).")
     ap.add_argument("--quick", action="store_true", help="smaller N and ledgers (about 8 minutes on 2 cores)")
     ap.add_argument("--no-build", action="store_true", help="(Scripts/bench) use the release binaries as they are")
@@ -1411,6 +1572,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--openssl-budget", type=float, help="override: openssl ca seconds per growth size")
     ap.add_argument("--bulk-n", type=int, help="override: certificates per bulk run")
     ap.add_argument("--raw-seconds", type=float, help="override: keyline-rawbench seconds (default 5)")
+    ap.add_argument("--only", help="run only these steps (comma-separated: durable, growth, bulk, export, "
+                                   "reconcile, line) and merge their figures into the existing bench/results.json; "
+                                   "export and reconcile reuse the growth station left in bench/work/growth")
     args = ap.parse_args(argv)
     if args.sizes and int(args.sizes.split(",")[0]) != 0:
         ap.error("--sizes must start with 0")

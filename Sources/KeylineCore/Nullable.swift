@@ -10,3 +10,5 @@ public struct Nullable<T: Encodable>: Encodable {
         if let wrappedValue { try c.encode(wrappedValue) } else { try c.encodeNil() }
     }
 }
+
+extension Nullable: Sendable where T: Sendable {}

@@ -48,7 +48,7 @@ public enum Revocation {
         public var serial: String
         public var ca: String
         public var reason: String
-        public var note: String?
+        @Nullable public var note: String?
         public var revoked_at: String
         public var ledger_seq: Int64
         public var event_seq: Int64

@@ -86,8 +86,8 @@ public struct ReconcileSummary: Sendable, Encodable {
     public var counts: [String: Int]
     public var station_id: String
     public var ledger_head_seq: Int64
-    public var profile: String?
-    public var work_order: String?
+    @Nullable public var profile: String?
+    @Nullable public var work_order: String?
     public var reconciled_at: String
 
     /// 0 when everything matched, 6 when the backend knows devices never issued here (the alarm), else 5.
@@ -347,22 +347,31 @@ struct ReconcileState {
             return
         }
         Self.set(&seen, r.seq, true)
-        guard scope.matches(r) else {
+        // The records the presented certificates belong to, when they are not the current one (rare: one lookup).
+        var others: [(PresentedCertificate, LedgerRecord?)] = []
+        for cert in d.certificates where cert.fingerprint != r.content.certificateFingerprint {
+            let other = try await ledger.records(RecordQuery(limit: 1, fingerprint: cert.fingerprint)).first
+            // An earlier certificate of this CN (re-issued since) is accounted for here, not as absent.
+            if let other, other.content.cn == r.content.cn { Self.set(&seen, other.seq, true) }
+            others.append((cert, other))
+        }
+        // In scope when the current record is, or when the device holds an earlier certificate of its CN that is
+        // (a device re-issued outside the work order still answers for the one it had).
+        let inScope =
+            scope.matches(r)
+            || others.contains { $0.1.map { $0.content.cn == r.content.cn && scope.matches($0) } ?? false }
+        guard inScope else {
             outOfScope += 1
             return
         }
         var v = Verdict()
-        var holdsCurrent = false
-        for cert in d.certificates {
-            if cert.fingerprint == r.content.certificateFingerprint {
-                holdsCurrent = true
-                continue
-            }
-            if let other = try await ledger.records(RecordQuery(limit: 1, fingerprint: cert.fingerprint)).first {
+        let holdsCurrent = d.certificates.contains { $0.fingerprint == r.content.certificateFingerprint }
+        for (cert, found) in others {
+            if let other = found {
                 if other.content.cn == r.content.cn {
                     v.raise(
                         .revokedButActive,
-                        "holds its earlier certificate (ledger seq \(other.seq), \(other.state.rawValue)\(try await revocationText(other))), replaced by seq \(r.seq)"
+                        "holds its earlier certificate (ledger seq \(other.seq), \(try await stateText(other))), replaced by seq \(r.seq)"
                     )
                 } else {
                     v.raise(
@@ -382,11 +391,11 @@ struct ReconcileState {
         if !d.certificates.isEmpty && !holdsCurrent && v.category == nil {
             v.raise(.certificateMismatch, "does not hold the certificate issued here (seq \(r.seq))")
         }
-        if holdsCurrent && r.state == .revoked && d.active {
+        // Revoked here and active there: whether the export shows the certificate or lists the device alone.
+        if (holdsCurrent || d.certificates.isEmpty) && r.state == .revoked && d.active {
             v.raise(
                 .revokedButActive,
-                "its certificate (seq \(r.seq)) was revoked here\(try await revocationText(r)) but the backend still has it active"
-            )
+                "the backend still has it active, but its certificate (seq \(r.seq)) is \(try await stateText(r))")
         }
         for difference in attributeDifferences(d, r) { v.raise(.attributeMismatch, difference) }
         if v.category == nil {
@@ -404,11 +413,12 @@ struct ReconcileState {
                 detail: v.details.joined(separator: "; ")))
     }
 
-    func revocationText(_ r: LedgerRecord) async throws -> String {
+    /// "revoked here on DATE (reason rework; note: ...)", or the state for records that are not revoked.
+    func stateText(_ r: LedgerRecord) async throws -> String {
         guard r.state == .revoked,
             let e = try await ledger.events(recordSeq: r.seq, limit: nil).last(where: { $0.content.kind == .revoked })
-        else { return "" }
-        return " on \(Timestamp.iso(e.content.at)), \(e.content.detail)"
+        else { return r.state.rawValue }
+        return "revoked here on \(Timestamp.iso(e.content.at)) (\(e.content.detail))"
     }
 
     /// The CA of this station that signed `cert`, checked by signature, not by name alone.
@@ -541,7 +551,7 @@ enum ExportReader {
                 productName: field("product_name").flatMap { $0.isEmpty ? nil : $0 },
                 cohortPRN: field("cohort_prn"), tags: tags,
                 certificates: try certificates(field("certificates") ?? "", where: "\(path) line \(line)"),
-                active: !isInactive(field("status") ?? field("quarantined")))
+                active: !(isInactive(field("status")) || isInactive(field("quarantined"))))
         }
         while let chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty {
             parser.feed(chunk) { fields, line in pending.append((fields, line)) }

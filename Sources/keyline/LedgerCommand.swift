@@ -38,6 +38,8 @@ struct RecordJSON: Encodable {
     var hash: String
     /// The backend attributes fixed at issuance (null for records from before the ledger kept them).
     @Nullable var attributes: AttributesJSON?
+    /// For a certificate issued with --reissue, the seq of the revoked record it replaces.
+    @Nullable var reissue_of: Int64?
 
     struct AttributesJSON: Encodable {
         var description: String
@@ -68,6 +70,7 @@ struct RecordJSON: Encodable {
         created_at = Timestamp.isoMillis(c.createdAt)
         updated_at = Timestamp.isoMillis(r.updatedAt)
         hash = r.hash
+        reissue_of = c.reissueOf
         attributes = c.attributes.map {
             AttributesJSON(
                 description: $0.description, tags: $0.tags, product_prn: $0.productPRN, cohort_prn: $0.cohortPRN,
@@ -291,6 +294,8 @@ struct LedgerShow: AsyncParsableCommand {
                 return
             }
             let events = try await station.ledger.events(recordSeq: record.seq, limit: nil)
+            // Earlier certificates of this CN (re-issued after rework), oldest first.
+            let earlier = try await station.ledger.history(cn: cn).filter { $0.seq != record.seq }
             let eventJSON = events.map {
                 EventJSON(
                     seq: $0.seq, kind: $0.content.kind.rawValue, detail: $0.content.detail,
@@ -300,8 +305,10 @@ struct LedgerShow: AsyncParsableCommand {
                 struct Out: Encodable {
                     var record: RecordJSON
                     var events: [EventJSON]
+                    var earlier: [RecordJSON]
                 }
-                try Console.json(Out(record: RecordJSON(record), events: eventJSON))
+                try Console.json(
+                    Out(record: RecordJSON(record), events: eventJSON, earlier: earlier.map(RecordJSON.init)))
                 return
             }
             let c = record.content
@@ -325,7 +332,7 @@ struct LedgerShow: AsyncParsableCommand {
                 } ?? "")
                   valid        \(Timestamp.iso(c.notBefore)) .. \(Timestamp.iso(c.notAfter))
                   issued at    \(Timestamp.isoMillis(c.createdAt))
-                  hash         \(record.hash)
+                  hash         \(record.hash)\(c.reissueOf.map { "\n  re-issue of  seq \($0)" } ?? "")\(earlier.isEmpty ? "" : "\n  earlier      " + earlier.map { "seq \($0.seq) (\($0.state.rawValue), serial \($0.content.serialHex))" }.joined(separator: ", "))
                 events:
 
                 """)

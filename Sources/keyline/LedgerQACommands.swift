@@ -120,7 +120,8 @@ struct LedgerReconcile: AsyncParsableCommand {
             Both sides stream: memory stays flat whatever their size.
 
             Exit status: 0 everything matched; 5 differences found; 6 the alarm (devices never issued here); \
-            65 unreadable export; 64 bad options.
+            65 an export that is not the expected CSV or JSON; 74 an export that cannot be read, or a --report \
+            file that already exists (a report is never replaced); 64 bad options.
 
             Examples:
               keyline ledger reconcile backend-devices.csv
@@ -158,10 +159,22 @@ struct LedgerReconcile: AsyncParsableCommand {
             guard FileManager.default.isReadableFile(atPath: export) else {
                 throw KeylineError(.ioError, "cannot read \(export)")
             }
+            if let report, FileManager.default.fileExists(atPath: report) {
+                throw KeylineError(
+                    .ioError, "\(report) already exists; a filed report is never replaced, choose another --report")
+            }
+            if let profile, station.config.profiles[profile] == nil {
+                Console.warn(
+                    "profile '\(profile)' is not in station.toml; selecting the ledger's records issued under it")
+            }
             let started = ContinuousClock.now
             let (summary, store) = try await Reconciler(station: station, profile: profile, workOrder: workOrder).run(
                 exportPath: export, format: ReconcileInputFormat(rawValue: format)!)
             let elapsed = ContinuousClock.now - started
+            if summary.ledger_records_in_scope == 0 && (profile != nil || workOrder != nil) {
+                Console.warn(
+                    "no ledger record matches --profile/--work-order; every known device counts as out of scope")
+            }
             if let report {
                 try ReconcileReport.write(
                     try ReconcileReport.kind(for: report), to: report, summary: summary, store: store)

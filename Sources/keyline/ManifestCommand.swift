@@ -172,7 +172,10 @@ struct ManifestDevices: AsyncParsableCommand {
                 path = "\(dir)/devices-\(stamp).\(format)"
             }
             // An export is evidence: never replace one silently.
-            for existing in [path, ManifestSignature.summaryPath(path)]
+            for existing in [
+                path, ManifestSignature.summaryPath(path), ManifestSignature.signaturePath(path),
+                ManifestSignature.checkpointPath(path),
+            ]
             where FileManager.default.fileExists(atPath: existing) {
                 throw KeylineError(
                     .ioError, "\(existing) already exists; choose another --out or move the old export away")
@@ -233,7 +236,12 @@ struct ManifestRevocations: AsyncParsableCommand {
                 text = String(decoding: try encoder.encode(["revocations": rows]), as: UTF8.self) + "\n"
             } else {
                 func q(_ s: String) -> String { "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" }
-                text = "identifier,fingerprint,serial,ca,reason,note,revoked_at,ledger_seq,event_seq\n"
+                text =
+                    [
+                        "identifier", "fingerprint", "serial", "ca", "reason", "note", "revoked_at", "ledger_seq",
+                        "event_seq",
+                    ]
+                    .map(q).joined(separator: ",") + "\n"
                 for r in rows {
                     text +=
                         [

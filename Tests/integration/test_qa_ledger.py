@@ -117,6 +117,10 @@ def test_reissue_after_rework_is_explicit_and_recorded(station: Station, tmp_pat
     assert issued[-1][2] == 2 and "re-issue of seq 1" in issued[-1][4]
     shown = record(station, "dev-7")
     assert shown["record"]["seq"] == 2 and shown["record"]["state"] == "issued"
+    assert shown["record"]["reissue_of"] == 1
+    assert [(e["seq"], e["state"]) for e in shown["earlier"]] == [(1, "revoked")]
+    human = station.run("ledger", "show", "dev-7")
+    assert "re-issue of  seq 1" in human.out and "earlier      seq 1 (revoked" in human.out
     assert_exit(station.run("ledger", "verify"), EXIT_OK)
     # The chain covers the link: moving it to another record is detected.
     drop_triggers(station)
@@ -158,6 +162,7 @@ def test_manifest_revocations_lists_what_to_deactivate(station: Station, tmp_pat
     assert_exit(station.run("ledger", "revoke", "r-3", "--reason", "compromised"), EXIT_OK)
     r = station.run("manifest", "revocations")
     assert_exit(r, EXIT_OK)
+    assert r.out.splitlines()[0] == '"identifier","fingerprint","serial","ca","reason","note","revoked_at","ledger_seq","event_seq"'
     rows = list(csv.DictReader(io.StringIO(r.out)))
     assert [x["identifier"] for x in rows] == ["r-1", "r-3"]
     assert rows[0]["reason"] == "scrap" and rows[0]["note"] == "dropped"
@@ -170,7 +175,9 @@ def test_manifest_revocations_lists_what_to_deactivate(station: Station, tmp_pat
     assert list(csv.DictReader(io.StringIO(r.out))) == []
     out = tmp_path / "rev.json"
     assert_exit(station.run("manifest", "revocations", "--format", "json", "--out", out), EXIT_OK)
-    assert [x["identifier"] for x in json.loads(out.read_text())["revocations"]] == ["r-1", "r-3"]
+    revocations = json.loads(out.read_text())["revocations"]
+    assert [x["identifier"] for x in revocations] == ["r-1", "r-3"]
+    assert revocations[1]["note"] is None and revocations[0]["note"] == "dropped"
     r = station.run("manifest", "revocations", "--out", out)
     assert r.rc == 74 and "already exists" in r.err
 

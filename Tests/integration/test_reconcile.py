@@ -388,3 +388,56 @@ def test_reconcile_usage_errors(station: Station, tmp_path):
         assert_one_line_error(r)
     r = station.run("ledger", "reconcile", tmp_path / "absent.csv")
     assert r.rc == 74 and "cannot read" in r.err
+
+
+def test_revoked_device_listed_without_certificates_is_still_active_there(line, tmp_path):
+    st, cns, rows, clean = line
+    assert_exit(st.run("ledger", "revoke", "SN-0002", "--reason", "scrap"), EXIT_OK)
+    devices = [{"identifier": r["identifier"], "status": "active"} for r in rows]
+    export = tmp_path / "api.json"
+    export.write_text(json.dumps(devices))
+    r, doc, found = reconcile(st, export)
+    assert_exit(r, EXIT_DIFFERENCES)
+    assert found["revoked_but_active"] == ["SN-0002"]
+    assert doc["summary"]["matched"] == len(cns) - 1
+
+
+def test_quarantined_column_counts_even_when_status_is_empty(line, tmp_path):
+    st, cns, rows, clean = line
+    assert_exit(st.run("ledger", "revoke", "SN-0001", "--reason", "compromised"), EXIT_OK)
+    export = tmp_path / "with-status.csv"
+    with open(export, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_HEADER + ["status", "quarantined"], quoting=csv.QUOTE_ALL)
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "status": "", "quarantined": "true" if r["identifier"] == "SN-0001" else "false"})
+    r, doc, found = reconcile(st, export)
+    assert_exit(r, EXIT_OK)
+    assert doc["summary"]["matched"] == len(cns)
+
+
+def test_reissued_device_outside_the_work_order_still_answers_for_its_revoked_certificate(station: Station, tmp_path):
+    cns = issue_line(station, tmp_path, n=3, work_order="WO-7")
+    export = tmp_path / "wo7.csv"
+    rows = export_csv(station, export, "--work-order", "WO-7")
+    # SN-0002 is reworked: revoked and re-issued without a work order; the backend still has the old certificate.
+    assert_exit(station.run("ledger", "revoke", "SN-0002", "--reason", "rework"), EXIT_OK)
+    assert_exit(station.run("issue", "SN-0002", "--reissue", "--profile", "line", "--out", tmp_path / "rework"),
+                EXIT_OK)
+    r, doc, found = reconcile(station, export, "--work-order", "WO-7")
+    assert_exit(r, EXIT_DIFFERENCES)
+    assert found["revoked_but_active"] == ["SN-0002"]
+    assert doc["summary"]["out_of_scope"] == 0
+    # The old record is accounted for by that finding, not counted as absent from the backend.
+    assert doc["summary"]["revoked_absent"] == 0
+    assert "rework" in [f for f in doc["findings"] if f["identifier"] == "SN-0002"][0]["detail"]
+
+
+def test_a_filed_report_is_never_replaced(line, tmp_path):
+    st, cns, rows, clean = line
+    report = tmp_path / "run.csv"
+    report.write_text("filed earlier\n")
+    r = st.run("ledger", "reconcile", clean, "--report", report)
+    assert r.rc == 74
+    assert_one_line_error(r)
+    assert report.read_text() == "filed earlier\n"
