@@ -1153,7 +1153,7 @@ class Bench:
         r = self.r
         r["targets"] = self.targets()
         auto = self.auto_notes()
-        r["notes"] = auto + [n for n in self.notes if n not in auto]
+        r["notes"] = list(dict.fromkeys(auto + self.notes))  # each note once, in order
         if self.only:
             r["commands"] = sorted(self.kept_commands + COMMANDS, key=lambda c: c["step"])
             partial = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -1445,11 +1445,6 @@ class Bench:
             log(f"FAILED preflight: {e}")
             return 1
         if self.only:
-            try:
-                self.preflight()
-            except StepFailed as e:
-                log(f"FAILED preflight: {e}")
-                return 1
             self.r["step_seconds"] = self.r.get("step_seconds", {})
             log(f"partial run: steps {sorted(self.only)}, merged into {rel(RESULTS)} of {self.r.get('date')}")
             try:
@@ -1576,6 +1571,10 @@ def main(argv: list[str]) -> int:
                                    "reconcile, line) and merge their figures into the existing bench/results.json; "
                                    "export and reconcile reuse the growth station left in bench/work/growth")
     args = ap.parse_args(argv)
+    if args.only:
+        unknown = set(args.only.split(",")) - set(STEP_NUMBERS)
+        if unknown:
+            ap.error(f"--only: unknown step(s) {', '.join(sorted(unknown))}; steps are {', '.join(STEP_NUMBERS)}")
     if args.sizes and int(args.sizes.split(",")[0]) != 0:
         ap.error("--sizes must start with 0")
     return Bench(args).main()

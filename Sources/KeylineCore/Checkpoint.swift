@@ -66,10 +66,16 @@ public struct Checkpoint: Sendable, Equatable {
     ///
     /// Throws ``KeylineError/Code/dataError`` when the text is not a checkpoint and ``KeylineError/Code/integrity``
     /// when its signature does not verify with `publicKey` (edited, or signed by another station's key).
-    public static func parse(_ text: String, publicKey: P256.Signing.PublicKey, source: String) throws -> Checkpoint {
-        guard let sigRange = text.range(of: "signature: "), text.hasPrefix(Self.magic + "\n") else {
+    public static func parse(_ original: String, publicKey: P256.Signing.PublicKey, source: String) throws -> Checkpoint
+    {
+        // A file that went through a CRLF conversion is read as written (the signature covers LF line ends).
+        let text = original.replacingOccurrences(of: "\r\n", with: "\n")
+        // The signature is the last line: search from the end, so no field value can stand in for it.
+        guard text.hasPrefix(Self.magic + "\n"), let sigLine = text.range(of: "\nsignature: ", options: .backwards)
+        else {
             throw KeylineError(.dataError, "\(source) is not a keyline checkpoint (expected '\(Self.magic)')")
         }
+        let sigRange = text.index(after: sigLine.lowerBound)..<sigLine.upperBound
         let body = String(text[..<sigRange.lowerBound])
         var fields: [String: String] = [:]
         for line in body.split(separator: "\n").dropFirst() {

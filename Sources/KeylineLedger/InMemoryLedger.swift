@@ -159,6 +159,19 @@ public final class InMemoryLedger: Ledger {
         }
     }
 
+    public func counts(
+        throughRecordSeq recordSeq: Int64, throughEventSeq eventSeq: Int64
+    ) async throws -> (
+        records: Int64, events: Int64
+    ) {
+        state.withLock { s in
+            (
+                Int64(s.records.filter { $0.seq <= recordSeq }.count),
+                Int64(s.events.filter { $0.seq <= eventSeq }.count)
+            )
+        }
+    }
+
     public func event(seq: Int64) async throws -> LedgerEvent? {
         state.withLock { s in seq >= 1 && seq <= s.events.count ? s.events[Int(seq - 1)] : nil }
     }

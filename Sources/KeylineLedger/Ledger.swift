@@ -199,6 +199,14 @@ public protocol Ledger: Sendable {
     /// Both chain heads, read in one snapshot.
     func heads() async throws -> LedgerHeads
 
+    /// How many records have `seq` ≤ `recordSeq` and how many events have `seq` ≤ `eventSeq` (what a checkpoint
+    /// covering those sequence numbers should still find: all of them).
+    func counts(
+        throughRecordSeq recordSeq: Int64, throughEventSeq eventSeq: Int64
+    ) async throws -> (
+        records: Int64, events: Int64
+    )
+
     /// Events about one record, in order; all events when `recordSeq` is nil (bounded by `limit`).
     func events(recordSeq: Int64?, limit: Int?) async throws -> [LedgerEvent]
 

@@ -445,6 +445,23 @@ public final class SQLiteLedger: Ledger {
         }
     }
 
+    public func counts(
+        throughRecordSeq recordSeq: Int64, throughEventSeq eventSeq: Int64
+    ) async throws -> (
+        records: Int64, events: Int64
+    ) {
+        try guarded("reading the ledger") {
+            try dbQueue.read { db in
+                (
+                    try Int64.fetchOne(db, sql: "SELECT count(*) FROM records WHERE seq <= ?", arguments: [recordSeq])
+                        ?? 0,
+                    try Int64.fetchOne(db, sql: "SELECT count(*) FROM events WHERE seq <= ?", arguments: [eventSeq])
+                        ?? 0
+                )
+            }
+        }
+    }
+
     public func event(seq: Int64) async throws -> LedgerEvent? {
         try guarded("reading the ledger") {
             try dbQueue.read { db in

@@ -79,10 +79,11 @@ public enum Revocation {
 /// Signed checkpoints of the ledger's heads: the outside anchor that makes truncation of the newest records
 /// detectable.
 public enum LedgerCheckpoint {
-    /// Signs the ledger's current heads with the station key, records a `checkpoint` event, and returns the file's
-    /// text with what it says.
+    /// Signs the ledger's current heads with the station key and returns the file's text with what it says. The
+    /// caller writes it, then calls ``recordEvent(station:checkpoint:operatorName:)``, so that no event stands for a
+    /// checkpoint that was never written.
     public static func make(
-        station: Station, operatorName: String, now: Date = Date()
+        station: Station, now: Date = Date()
     ) async throws -> (
         text: String, checkpoint: Checkpoint
     ) {
@@ -92,20 +93,25 @@ public enum LedgerCheckpoint {
             stationID: station.config.stationID, recordsSeq: heads.recordsSeq, recordsHash: heads.recordsHash,
             eventsSeq: heads.eventsSeq, eventsHash: heads.eventsHash, createdAt: now,
             signingKeySHA256: Hex.sha256(signing.key.publicKey.derRepresentation))
-        let text = try Checkpoint.signed(checkpoint, key: signing.key)
+        return (try Checkpoint.signed(checkpoint, key: signing.key), checkpoint)
+    }
+
+    /// Records that `checkpoint` was handed out: a `checkpoint` event, after the heads it signed.
+    public static func recordEvent(station: Station, checkpoint c: Checkpoint, operatorName: String) async throws {
         try await station.ledger.appendEvent(
             EventContent(
                 kind: .checkpoint, recordSeq: nil, cn: nil,
-                detail:
-                    "records \(heads.recordsSeq) \(heads.recordsHash), events \(heads.eventsSeq) \(heads.eventsHash)",
-                stationID: station.config.stationID, operatorName: operatorName, at: now))
-        return (text, checkpoint)
+                detail: "records \(c.recordsSeq) \(c.recordsHash), events \(c.eventsSeq) \(c.eventsHash)",
+                stationID: station.config.stationID, operatorName: operatorName, at: c.createdAt))
     }
 
     /// What `ledger verify --checkpoint` found.
     public struct Verdict: Sendable {
         public var checkpoint: Checkpoint
-        /// Records and events the checkpoint covered that the ledger no longer has (0 when none).
+        /// The ledger's last record now (for messages).
+        public var ledgerRecordsSeq: Int64
+        /// Records and events the checkpoint covered that the ledger no longer has (0 when none), counted, so rows
+        /// deleted in the middle count too.
         public var missingRecords: Int64
         public var missingEvents: Int64
         /// The checkpoint's last record or event is present but differs (history rewritten).
@@ -120,20 +126,22 @@ public enum LedgerCheckpoint {
         /// One line naming what is wrong, for the error.
         public var problem: String? {
             let c = checkpoint
+            let when = Timestamp.isoMillis(c.createdAt)
             if missingRecords > 0 {
                 return
-                    "the ledger is missing \(missingRecords) record(s) that the checkpoint of \(Timestamp.isoMillis(c.createdAt)) covered (it covered records 1–\(c.recordsSeq); the ledger now ends at \(c.recordsSeq - missingRecords))"
+                    "the ledger is missing \(missingRecords) record(s) that the checkpoint of \(when) covered (it covered records 1–\(c.recordsSeq); the ledger's last record is now seq \(ledgerRecordsSeq))"
             }
             if recordDiffers {
                 return
-                    "record seq \(c.recordsSeq) no longer has the hash the checkpoint signed (records were rewritten or replaced)"
+                    "record seq \(c.recordsSeq) no longer has the hash the checkpoint of \(when) signed (records were rewritten or replaced)"
             }
             if missingEvents > 0 {
                 return
-                    "the ledger is missing \(missingEvents) event(s) that the checkpoint covered (it covered events 1–\(c.eventsSeq); the ledger now ends at \(c.eventsSeq - missingEvents))"
+                    "the ledger is missing \(missingEvents) event(s) that the checkpoint of \(when) covered (it covered events 1–\(c.eventsSeq))"
             }
             if eventDiffers {
-                return "event seq \(c.eventsSeq) no longer has the hash the checkpoint signed (events were rewritten)"
+                return
+                    "event seq \(c.eventsSeq) no longer has the hash the checkpoint of \(when) signed (events were rewritten)"
             }
             return nil
         }
@@ -154,18 +162,19 @@ public enum LedgerCheckpoint {
             )
         }
         let heads = try await station.ledger.heads()
+        let present = try await station.ledger.counts(
+            throughRecordSeq: checkpoint.recordsSeq, throughEventSeq: checkpoint.eventsSeq)
         var v = Verdict(
-            checkpoint: checkpoint, missingRecords: max(0, checkpoint.recordsSeq - heads.recordsSeq),
-            missingEvents: max(0, checkpoint.eventsSeq - heads.eventsSeq), recordDiffers: false, eventDiffers: false,
+            checkpoint: checkpoint, ledgerRecordsSeq: heads.recordsSeq,
+            missingRecords: max(0, checkpoint.recordsSeq - present.records),
+            missingEvents: max(0, checkpoint.eventsSeq - present.events), recordDiffers: false, eventDiffers: false,
             newerRecords: max(0, heads.recordsSeq - checkpoint.recordsSeq),
             newerEvents: max(0, heads.eventsSeq - checkpoint.eventsSeq))
-        if v.missingRecords == 0 && checkpoint.recordsSeq > 0 {
-            let r = try await station.ledger.record(seq: checkpoint.recordsSeq)
-            v.recordDiffers = r?.hash != checkpoint.recordsHash
+        if checkpoint.recordsSeq > 0, let r = try await station.ledger.record(seq: checkpoint.recordsSeq) {
+            v.recordDiffers = r.hash != checkpoint.recordsHash
         }
-        if v.missingEvents == 0 && checkpoint.eventsSeq > 0 {
-            let e = try await station.ledger.event(seq: checkpoint.eventsSeq)
-            v.eventDiffers = e?.hash != checkpoint.eventsHash
+        if checkpoint.eventsSeq > 0, let e = try await station.ledger.event(seq: checkpoint.eventsSeq) {
+            v.eventDiffers = e.hash != checkpoint.eventsHash
         }
         return v
     }

@@ -157,9 +157,10 @@ public struct DeviceManifestExporter {
                 stationID: config.stationID, operatorName: config.operatorName(option: nil), at: now))
         // The outside anchor: QA files it with the manifest, and `ledger verify --checkpoint` proves later that
         // nothing this export saw was removed.
-        let checkpoint = try await LedgerCheckpoint.make(
-            station: station, operatorName: config.operatorName(option: nil), now: now)
+        let checkpoint = try await LedgerCheckpoint.make(station: station, now: now)
         try SafeFile.write(checkpoint.text, to: ManifestSignature.checkpointPath(path), exclusive: true)
+        try await LedgerCheckpoint.recordEvent(
+            station: station, checkpoint: checkpoint.checkpoint, operatorName: config.operatorName(option: nil))
         return summary
     }
 

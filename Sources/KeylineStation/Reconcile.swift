@@ -89,6 +89,8 @@ public struct ReconcileSummary: Sendable, Encodable {
     @Nullable public var profile: String?
     @Nullable public var work_order: String?
     public var reconciled_at: String
+    /// What limited the comparison (a CA certificate that could not be read).
+    public var warnings: [String]
 
     /// 0 when everything matched, 6 when the backend knows devices never issued here (the alarm), else 5.
     public var exitStatus: Int32 {
@@ -234,7 +236,7 @@ public struct Reconciler {
             matched: state.matched, out_of_scope: state.outOfScope, revoked_absent: missing.revokedAbsent,
             failed_absent: missing.failedAbsent, counts: counts, station_id: station.config.stationID,
             ledger_head_seq: state.headSeq, profile: scope.profile, work_order: scope.workOrder,
-            reconciled_at: Timestamp.isoMillis(now))
+            reconciled_at: Timestamp.isoMillis(now), warnings: state.warnings)
         return (summary, store)
     }
 
@@ -249,7 +251,7 @@ public struct Reconciler {
             throw KeylineError(.ioError, "cannot read \(path)")
         }
         defer { try? handle.close() }
-        let head = (try? handle.read(upToCount: 4096)) ?? Data()
+        let head = ExportReader.stripBOM((try? handle.read(upToCount: 4096)) ?? Data())
         let first = head.first { !$0.isASCIIWhitespace }
         return first == UInt8(ascii: "[") || first == UInt8(ascii: "{") ? .json : .csv
     }
@@ -266,13 +268,20 @@ struct ReconcileState {
     let scope: RecordQuery
     let store: FindingStore
     let cas: [IssuingCA]
+    /// CAs of station.toml whose certificate could not be read: certificates under them cannot be recognised.
+    var warnings: [String] = []
     let productNames: [String: String]
     let headSeq: Int64
-    /// Bit per ledger seq: the record was seen in the export; and: its first row was counted as matched.
+    /// Bits per ledger seq: the record's identifier was seen in the export; its first row was counted as matched;
+    /// the record is accounted for by another row (an identifier holding it under another name, an earlier
+    /// certificate of a re-issued CN), so it is not absent from the backend.
     var seen: [UInt64]
     var firstMatched: [UInt64]
-    /// Unknown identifiers seen so far (each is an alarm finding already, so this grows only with anomalies).
-    var unknownSeen: Set<String> = []
+    var accounted: [UInt64]
+    /// The export row on which each ledger record's identifier was first seen (for duplicates): 4 bytes a record.
+    var firstRow: [UInt32]
+    /// Unknown identifiers seen so far, with their first row (each is a finding already: grows only with anomalies).
+    var unknownSeen: [String: Int] = [:]
     var matched = 0
     var outOfScope = 0
 
@@ -282,12 +291,25 @@ struct ReconcileState {
         self.scope = scope
         self.store = store
         // Every CA the station knows, retired ones too: a certificate under any of them is ours to answer for.
-        cas = station.config.cas.values.sorted { $0.name < $1.name }.compactMap { try? CALoader.certificateOnly($0) }
+        var cas: [IssuingCA] = []
+        var warnings: [String] = []
+        for c in station.config.cas.values.sorted(by: { $0.name < $1.name }) {
+            do {
+                cas.append(try CALoader.certificateOnly(c))
+            } catch let e as KeylineError {
+                warnings.append(
+                    "CA '\(c.name)' cannot be read (\(e.reason)); certificates it signed are reported as foreign")
+            }
+        }
+        self.cas = cas
+        self.warnings = warnings
         productNames = station.config.profiles.compactMapValues { $0.jitp.productName }
         headSeq = try await station.ledger.head().seq
         let words = Int(headSeq / 64) + 1
         seen = Array(repeating: 0, count: words)
         firstMatched = Array(repeating: 0, count: words)
+        accounted = Array(repeating: 0, count: words)
+        firstRow = Array(repeating: 0, count: Int(headSeq) + 1)
     }
 
     static func test(_ bits: [UInt64], _ seq: Int64) -> Bool {
@@ -316,63 +338,63 @@ struct ReconcileState {
         }
     }
 
+    static func repeatText(_ row: Int, first: Int?) -> String {
+        "row \(row) repeats an identifier the export already listed" + (first.map { " (first at row \($0))" } ?? "")
+    }
+
     mutating func classify(_ d: BackendDevice, latest: LedgerRecord?) async throws {
         guard let r = latest else {
-            if !unknownSeen.insert(d.identifier).inserted {
-                try store.add(
-                    ReconcileFinding(
-                        category: .duplicateIdentifier, identifier: d.identifier, row: d.row, ledger_seq: nil,
-                        age_days: nil, detail: "row \(d.row) repeats an identifier the export already listed"))
-                return
-            }
-            var v = Verdict()
-            var certs: [String] = []
-            for cert in d.certificates { certs.append(try await describeUnknown(cert)) }
-            v.raise(
-                .notIssuedHere,
-                "no certificate was ever issued here for this identifier"
-                    + (certs.isEmpty ? "" : "; it holds " + certs.joined(separator: "; ")))
-            try add(v, d, seq: nil)
+            try await classifyUnknown(d)
             return
         }
-        if Self.test(seen, r.seq) {
-            if Self.test(firstMatched, r.seq) {
-                matched -= 1
-                Self.set(&firstMatched, r.seq, false)
-            }
-            try store.add(
-                ReconcileFinding(
-                    category: .duplicateIdentifier, identifier: d.identifier, row: d.row, ledger_seq: r.seq,
-                    age_days: nil, detail: "row \(d.row) repeats an identifier the export already listed"))
-            return
+        // A repeated row is still examined in full (a second row may carry a certificate the first did not); the
+        // identifier then leaves the matched count, and the row is listed under its worst category.
+        let repeated = Self.test(seen, r.seq)
+        if repeated && Self.test(firstMatched, r.seq) {
+            matched -= 1
+            Self.set(&firstMatched, r.seq, false)
         }
-        Self.set(&seen, r.seq, true)
+        if !repeated {
+            Self.set(&seen, r.seq, true)
+            if Int(r.seq) < firstRow.count { firstRow[Int(r.seq)] = UInt32(clamping: d.row) }
+        }
         // The records the presented certificates belong to, when they are not the current one (rare: one lookup).
         var others: [(PresentedCertificate, LedgerRecord?)] = []
         for cert in d.certificates where cert.fingerprint != r.content.certificateFingerprint {
             let other = try await ledger.records(RecordQuery(limit: 1, fingerprint: cert.fingerprint)).first
             // An earlier certificate of this CN (re-issued since) is accounted for here, not as absent.
-            if let other, other.content.cn == r.content.cn { Self.set(&seen, other.seq, true) }
+            if let other, other.content.cn == r.content.cn { Self.set(&accounted, other.seq, true) }
             others.append((cert, other))
         }
+        var v = Verdict()
         // In scope when the current record is, or when the device holds an earlier certificate of its CN that is
         // (a device re-issued outside the work order still answers for the one it had).
         let inScope =
             scope.matches(r)
             || others.contains { $0.1.map { $0.content.cn == r.content.cn && scope.matches($0) } ?? false }
         guard inScope else {
-            outOfScope += 1
+            // Out of scope, but a certificate under one of our CAs that the ledger lacks is an alarm whatever the
+            // scope.
+            for (cert, found) in others where found == nil {
+                if let ca = ourCA(cert) { v.raise(.notIssuedHere, "holds \(describeOurs(cert, ca: ca))") }
+            }
+            if v.category != nil {
+                try add(v, d, seq: r.seq)
+            } else if !repeated {
+                outOfScope += 1
+            }
             return
         }
-        var v = Verdict()
         let holdsCurrent = d.certificates.contains { $0.fingerprint == r.content.certificateFingerprint }
         for (cert, found) in others {
             if let other = found {
                 if other.content.cn == r.content.cn {
-                    v.raise(
-                        .revokedButActive,
-                        "holds its earlier certificate (ledger seq \(other.seq), \(try await stateText(other))), replaced by seq \(r.seq)"
-                    )
+                    if other.state != .revoked || d.active {
+                        v.raise(
+                            .revokedButActive,
+                            "holds its earlier certificate (ledger seq \(other.seq), \(try await stateText(other))), replaced by seq \(r.seq)"
+                        )
+                    }
                 } else {
                     v.raise(
                         .certificateMismatch,
@@ -388,7 +410,9 @@ struct ReconcileState {
                 )
             }
         }
-        if !d.certificates.isEmpty && !holdsCurrent && v.category == nil {
+        if !d.certificates.isEmpty && !holdsCurrent && v.category == nil
+            && others.allSatisfy({ $0.1?.content.cn != r.content.cn })
+        {
             v.raise(.certificateMismatch, "does not hold the certificate issued here (seq \(r.seq))")
         }
         // Revoked here and active there: whether the export shows the certificate or lists the device alone.
@@ -398,12 +422,58 @@ struct ReconcileState {
                 "the backend still has it active, but its certificate (seq \(r.seq)) is \(try await stateText(r))")
         }
         for difference in attributeDifferences(d, r) { v.raise(.attributeMismatch, difference) }
+        if repeated {
+            let first = Int(r.seq) < firstRow.count ? Int(firstRow[Int(r.seq)]) : nil
+            v.raise(.duplicateIdentifier, Self.repeatText(d.row, first: first))
+        }
         if v.category == nil {
             matched += 1
             Self.set(&firstMatched, r.seq, true)
         } else {
             try add(v, d, seq: r.seq)
         }
+    }
+
+    /// An identifier the ledger has no record for.
+    mutating func classifyUnknown(_ d: BackendDevice) async throws {
+        var v = Verdict()
+        var holdsOurs = false
+        var descriptions: [String] = []
+        for cert in d.certificates {
+            if let other = try await ledger.records(RecordQuery(limit: 1, fingerprint: cert.fingerprint)).first {
+                // A certificate issued here, under another identifier: the device is known by another name.
+                Self.set(&accounted, other.seq, true)
+                descriptions.append("the certificate issued here to CN '\(other.content.cn)' (ledger seq \(other.seq))")
+                holdsOurs = true
+            } else if let ca = ourCA(cert) {
+                v.raise(
+                    .notIssuedHere,
+                    "no certificate was ever issued here for this identifier; it holds \(describeOurs(cert, ca: ca))")
+            } else {
+                descriptions.append("a certificate from a foreign CA (\(issuerText(cert)))")
+            }
+        }
+        if v.category == nil {
+            if holdsOurs && descriptions.count == d.certificates.count
+                && !descriptions.contains(where: { $0.hasPrefix("a certificate from a foreign CA") })
+            {
+                v.raise(
+                    .certificateMismatch,
+                    "no certificate was issued here under this identifier, but it holds "
+                        + descriptions.joined(separator: "; "))
+            } else {
+                v.raise(
+                    .notIssuedHere,
+                    "no certificate was ever issued here for this identifier"
+                        + (descriptions.isEmpty ? "" : "; it holds " + descriptions.joined(separator: "; ")))
+            }
+        }
+        if let first = unknownSeen[d.identifier] {
+            v.raise(.duplicateIdentifier, Self.repeatText(d.row, first: first))
+        } else {
+            unknownSeen[d.identifier] = d.row
+        }
+        try add(v, d, seq: nil)
     }
 
     func add(_ v: Verdict, _ d: BackendDevice, seq: Int64?) throws {
@@ -441,14 +511,6 @@ struct ReconcileState {
         return "issuer \(parsed.issuer), SHA-256 \(cert.fingerprint.prefix(16))…"
     }
 
-    func describeUnknown(_ cert: PresentedCertificate) async throws -> String {
-        if let other = try await ledger.records(RecordQuery(limit: 1, fingerprint: cert.fingerprint)).first {
-            return "the certificate issued here to CN '\(other.content.cn)' (ledger seq \(other.seq))"
-        }
-        if let ca = ourCA(cert) { return describeOurs(cert, ca: ca) }
-        return "a certificate from a foreign CA (\(issuerText(cert)))"
-    }
-
     func attributeDifferences(_ d: BackendDevice, _ r: LedgerRecord) -> [String] {
         guard let a = r.content.attributes else { return [] }
         var out: [String] = []
@@ -474,10 +536,11 @@ struct ReconcileState {
         var revokedAbsent = 0
         var failedAbsent = 0
         let seen = self.seen
+        let accounted = self.accounted
         let store = self.store
         try await ledger.forEachRecord(scope) { r in
             inScope += 1
-            guard !Self.test(seen, r.seq) else { return }
+            guard !Self.test(seen, r.seq) && !Self.test(accounted, r.seq) else { return }
             switch r.state {
             case .revoked: revokedAbsent += 1
             case .failed: failedAbsent += 1
@@ -539,7 +602,7 @@ enum ExportReader {
                 guard let i = columns[name], i < fields.count else { return nil }
                 return fields[i]
             }
-            let identifier = (field("identifier") ?? "").trimmingCharacters(in: .whitespaces)
+            let identifier = (field("identifier") ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
             guard !identifier.isEmpty else {
                 throw KeylineError(.dataError, "\(path) line \(line): empty identifier")
             }
@@ -553,7 +616,12 @@ enum ExportReader {
                 certificates: try certificates(field("certificates") ?? "", where: "\(path) line \(line)"),
                 active: !(isInactive(field("status")) || isInactive(field("quarantined"))))
         }
-        while let chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty {
+        var first = true
+        while var chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty {
+            if first {
+                chunk = stripBOM(chunk)
+                first = false
+            }
             parser.feed(chunk) { fields, line in pending.append((fields, line)) }
             for (fields, line) in pending {
                 if let device = try take(fields, line) { try await body(device) }
@@ -567,6 +635,11 @@ enum ExportReader {
             if let device = try take(fields, line) { try await body(device) }
         }
         if columns == nil { throw KeylineError(.dataError, "\(path) is empty (expected a header row)") }
+    }
+
+    /// Drops a UTF-8 byte order mark (spreadsheets write one) from the start of the file.
+    static func stripBOM(_ chunk: Data) -> Data {
+        chunk.starts(with: [0xEF, 0xBB, 0xBF]) ? chunk.dropFirst(3) : chunk
     }
 
     static func isInactive(_ value: String?) -> Bool {
@@ -586,7 +659,7 @@ enum ExportReader {
             guard let object = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else {
                 throw KeylineError(.dataError, "\(place): not a JSON object")
             }
-            guard let identifier = (object["identifier"] as? String)?.trimmingCharacters(in: .whitespaces),
+            guard let identifier = (object["identifier"] as? String)?.trimmingCharacters(in: .whitespacesAndNewlines),
                 !identifier.isEmpty
             else {
                 throw KeylineError(.dataError, "\(place): missing 'identifier'")
@@ -629,7 +702,12 @@ enum ExportReader {
                 certificates: try certTexts.flatMap { try certificates($0, where: place) }, active: !inactive)
         }
         do {
-            while let chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty {
+            var first = true
+            while var chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty {
+                if first {
+                    chunk = stripBOM(chunk)
+                    first = false
+                }
                 try splitter.feed(chunk) { objects.append($0) }
                 for o in objects { try await body(try take(o)) }
                 objects.removeAll(keepingCapacity: true)
@@ -659,11 +737,11 @@ enum ExportReader {
                 guard let e = rest.range(of: end, range: b.upperBound..<rest.endIndex) else {
                     throw KeylineError(.dataError, "\(place): a PEM certificate has no END line")
                 }
-                guard
-                    let der = Data(
-                        base64Encoded: String(rest[b.upperBound..<e.lowerBound]), options: .ignoreUnknownCharacters),
-                    !der.isEmpty
-                else {
+                // Only base64 and white space belong between the lines; a PEM pasted with JSON escapes (a literal
+                // backslash-n) is taken as the line breaks it stood for.
+                let body = String(rest[b.upperBound..<e.lowerBound]).replacingOccurrences(of: "\\n", with: "\n")
+                    .replacingOccurrences(of: "\\r", with: "\r").filter { !$0.isWhitespace }
+                guard let der = Data(base64Encoded: body), !der.isEmpty else {
                     throw KeylineError(.dataError, "\(place): a PEM certificate is not valid base64")
                 }
                 out.append(PresentedCertificate(fingerprint: Hex.sha256(der), der: Array(der)))

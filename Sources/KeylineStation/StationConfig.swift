@@ -82,6 +82,14 @@ public struct StationConfig: Sendable {
         try top.refuseUnknown()
 
         guard !stationID.isEmpty else { throw KeylineError(.configuration, "\(fileName): station_id is empty") }
+        // It is written into checkpoints, one field per line, and into every record: printable text only.
+        guard stationID.count <= 128,
+            !stationID.unicodeScalars.contains(where: { $0.properties.generalCategory == .control })
+        else {
+            throw KeylineError(
+                .configuration,
+                "\(fileName): station_id must be at most 128 characters without line breaks or control characters")
+        }
         let ledger: LedgerLocation
         if ledgerText.hasPrefix("sqlite:") {
             let p = String(ledgerText.dropFirst("sqlite:".count))

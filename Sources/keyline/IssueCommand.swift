@@ -92,6 +92,14 @@ struct IssueCommand: AsyncParsableCommand {
                 if let record = known[cn] {
                     // A revoked CN given --reissue gets a new certificate; the ledger checks the rest.
                     if reissue && record.state == .revoked {
+                        // The revoked certificate's key must not be mistaken for the new one after a crash.
+                        let stale = (out as NSString).appendingPathComponent("\(cn).key")
+                        if FileManager.default.fileExists(atPath: stale) {
+                            throw KeylineError(
+                                .usage,
+                                "\(stale) exists (the key of the revoked certificate); give --reissue a fresh --out directory"
+                            )
+                        }
                         todo.append(cn)
                         continue
                     }

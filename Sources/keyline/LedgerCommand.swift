@@ -153,16 +153,21 @@ struct LedgerVerify: AsyncParsableCommand {
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
             let station = try options.openStation()
+            // The chain first: a broken chain is the finding, whatever the checkpoint says.
+            let r = try await station.ledger.verify()
             var verdict: LedgerCheckpoint.Verdict?
             if let checkpoint {
                 guard let data = FileManager.default.contents(atPath: checkpoint) else {
                     throw KeylineError(.ioError, "cannot read \(checkpoint)")
                 }
-                verdict = try await LedgerCheckpoint.verify(
-                    station: station, text: String(decoding: data, as: UTF8.self), source: checkpoint,
-                    publicKeyPath: publicKey)
+                do {
+                    verdict = try await LedgerCheckpoint.verify(
+                        station: station, text: String(decoding: data, as: UTF8.self), source: checkpoint,
+                        publicKeyPath: publicKey)
+                } catch let e as KeylineError where !r.isIntact {
+                    Console.warn("checkpoint not checked: \(e.reason)")
+                }
             }
-            let r = try await station.ledger.verify()
             if json {
                 try Console.json(
                     Report(
@@ -189,7 +194,11 @@ struct LedgerVerify: AsyncParsableCommand {
                 r.problems.forEach { Console.out("  \($0)\n") }
             }
             if let v = verdict, !json {
-                if v.holds {
+                if v.holds && !r.isIntact {
+                    Console.out(
+                        "checkpoint: records 1–\(v.checkpoint.recordsSeq) and events 1–\(v.checkpoint.eventsSeq) are present with the heads it signed, but the chain is broken (above)\n"
+                    )
+                } else if v.holds {
                     Console.out(
                         "checkpoint holds: records 1–\(v.checkpoint.recordsSeq) and events 1–\(v.checkpoint.eventsSeq) of \(Timestamp.isoMillis(v.checkpoint.createdAt)) are all present and unchanged (\(v.newerRecords) records, \(v.newerEvents) events since)\n"
                     )

@@ -85,15 +85,18 @@ struct LedgerCheckpointCommand: AsyncParsableCommand {
             if let out, FileManager.default.fileExists(atPath: out) {
                 throw KeylineError(.ioError, "\(out) already exists; a checkpoint is evidence and is never replaced")
             }
-            let made = try await LedgerCheckpoint.make(
-                station: station, operatorName: station.config.operatorName(option: nil))
+            let made = try await LedgerCheckpoint.make(station: station)
             if let out {
                 try SafeFile.write(made.text, to: out, exclusive: true)
+            } else {
+                Console.out(made.text)
+            }
+            try await LedgerCheckpoint.recordEvent(
+                station: station, checkpoint: made.checkpoint, operatorName: station.config.operatorName(option: nil))
+            if let out {
                 Console.note(
                     "checkpoint: records 1–\(made.checkpoint.recordsSeq), events 1–\(made.checkpoint.eventsSeq), written to \(out)"
                 )
-            } else {
-                Console.out(made.text)
             }
         }
     }
@@ -185,13 +188,20 @@ struct LedgerReconcile: AsyncParsableCommand {
                 printConsole(summary, store, elapsed: elapsed)
             }
             let counts = ReconcileCategory.allCases.map { "\($0.rawValue) \(summary.counts[$0.rawValue] ?? 0)" }
-            try await station.ledger.appendEvent(
-                EventContent(
-                    kind: .reconciled, recordSeq: nil, cn: nil,
-                    detail:
-                        "\((export as NSString).lastPathComponent): \(summary.export_rows) rows, matched \(summary.matched), \(counts.joined(separator: ", ")), exit \(summary.exitStatus)",
-                    stationID: station.config.stationID, operatorName: station.config.operatorName(option: nil),
-                    at: Date()))
+            summary.warnings.forEach(Console.warn)
+            // The audit event comes after the findings were printed: a locked ledger must not turn the verdict into
+            // a temporary failure, so it is a warning.
+            do {
+                try await station.ledger.appendEvent(
+                    EventContent(
+                        kind: .reconciled, recordSeq: nil, cn: nil,
+                        detail:
+                            "\((export as NSString).lastPathComponent): \(summary.export_rows) rows, matched \(summary.matched), \(counts.joined(separator: ", ")), exit \(summary.exitStatus)",
+                        stationID: station.config.stationID, operatorName: station.config.operatorName(option: nil),
+                        at: Date()))
+            } catch let e as KeylineError {
+                Console.warn("the reconcile was not recorded in the ledger: \(e.reason)")
+            }
             if let report { Console.note("report written to \(report)") }
             status = summary.exitStatus
         }

@@ -132,6 +132,8 @@ struct ReissueContractTests {
         var revoked: [LedgerEvent] = []
         try await ledger.forEachEvent(kinds: [.revoked], afterSeq: 0) { revoked.append($0) }
         #expect(revoked.map(\.content.detail) == ["reason scrap"])
+        let counts = try await ledger.counts(throughRecordSeq: 1, throughEventSeq: 99)
+        #expect(counts.records == 1 && counts.events == 3)
         var after: [Int64] = []
         try await ledger.forEachEvent(kinds: nil, afterSeq: 1) { after.append($0.seq) }
         #expect(after == [2, 3])

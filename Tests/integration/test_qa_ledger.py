@@ -312,3 +312,53 @@ def test_search_filters(station: Station, tmp_path):
         r = station.run("ledger", "search", *bad)
         assert_exit(r, EXIT_USAGE)
         assert_one_line_error(r)
+
+
+def test_a_record_deleted_in_the_middle_is_counted_missing(station: Station, tmp_path):
+    issue(station, tmp_path / "b", *[f"m-{i}" for i in range(10)])
+    cp = tmp_path / "c.checkpoint"
+    assert_exit(station.run("ledger", "checkpoint", "--out", cp), EXIT_OK)
+    drop_triggers(station)
+    with closing(station.db()) as db:
+        db.execute("DELETE FROM records WHERE seq IN (5, 10)")
+        db.commit()
+    r = station.run("ledger", "verify", "--checkpoint", cp, "--json")
+    assert_exit(r, EXIT_INTEGRITY)
+    j = json.loads(r.out)
+    assert j["intact"] is False and j["checkpoint"]["holds"] is False
+    assert j["checkpoint"]["missing_records"] == 2
+    human = station.run("ledger", "verify", "--checkpoint", cp)
+    assert_exit(human, EXIT_INTEGRITY)
+    assert "checkpoint FAILS: the ledger is missing 2 record(s)" in human.out
+    assert "checkpoint holds" not in human.out
+
+
+def test_a_checkpoint_survives_a_crlf_conversion(station: Station, tmp_path):
+    issue(station, tmp_path / "b", "w-1")
+    cp = tmp_path / "c.checkpoint"
+    assert_exit(station.run("ledger", "checkpoint", "--out", cp), EXIT_OK)
+    crlf = tmp_path / "crlf.checkpoint"
+    crlf.write_bytes(cp.read_bytes().replace(b"\n", b"\r\n"))
+    assert_exit(station.run("ledger", "verify", "--checkpoint", crlf), EXIT_OK)
+    # Written first, recorded second: the event exists and follows the heads the file signed.
+    events = station.events("checkpoint")
+    assert len(events) == 1 and "events_seq: %d\n" % (events[0][0] - 1) in cp.read_text()
+
+
+def test_station_id_with_a_line_break_is_a_configuration_error(station: Station, tmp_path):
+    text = station.toml_path.read_text()
+    station.toml_path.write_text(text.replace('station_id = "', 'station_id = "line-1\\nsignature: x', 1))
+    r = station.run("ledger", "checkpoint")
+    assert r.rc == 78
+    assert_one_line_error(r)
+    assert "station_id" in r.err
+
+
+def test_issue_reissue_refuses_the_old_output_directory(station: Station, tmp_path):
+    issue(station, tmp_path / "b1", "gw-9")
+    assert_exit(station.run("ledger", "revoke", "gw-9", "--reason", "rework"), EXIT_OK)
+    r = station.run("issue", "gw-9", "--reissue", "--out", tmp_path / "b1")
+    assert_exit(r, EXIT_USAGE)
+    assert_one_line_error(r)
+    assert "fresh --out" in r.err
+    assert station.records_count() == 1

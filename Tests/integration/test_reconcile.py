@@ -441,3 +441,54 @@ def test_a_filed_report_is_never_replaced(line, tmp_path):
     assert r.rc == 74
     assert_one_line_error(r)
     assert report.read_text() == "filed earlier\n"
+
+
+def test_a_repeated_row_is_examined_in_full_whatever_the_order(line, tmp_path):
+    """A second row for a known device carrying a certificate under our CA that the ledger lacks is the alarm,
+    whether it comes first or second."""
+    st, cns, rows, clean = line
+    forged = {**rows[4], "certificates": leaf("SN-0005", st.ca_cert(), dev_ca_key(st))}
+    for order in ("genuine-first", "forged-first"):
+        pair = [rows[4], forged] if order == "genuine-first" else [forged, rows[4]]
+        export = tmp_path / f"{order}.csv"
+        write_csv(export, rows[:4] + pair + rows[5:])
+        r, doc, found = reconcile(st, export)
+        assert_exit(r, EXIT_ALARM)
+        assert found["not_issued_here"] == ["SN-0005"], order
+        assert doc["summary"]["matched"] == len(cns) - 1
+        repeat = [f for f in doc["findings"] if f["identifier"] == "SN-0005" and "repeats" in f["detail"]]
+        assert len(repeat) == 1 and "(first at row" in repeat[0]["detail"]
+
+
+def test_identifiers_are_trimmed_and_a_known_certificate_under_another_name_is_a_mismatch(line, tmp_path):
+    st, cns, rows, clean = line
+    devices = []
+    for r in rows:
+        devices.append({"identifier": r["identifier"] + "\n", "certificates": [r["certificates"]]})
+    devices[2]["identifier"] = "renamed-3"
+    export = tmp_path / "api.json"
+    export.write_text(json.dumps(devices))
+    r, doc, found = reconcile(st, export)
+    assert_exit(r, EXIT_DIFFERENCES)
+    assert found["certificate_mismatch"] == ["renamed-3"]
+    assert "SN-0003" in doc["findings"][0]["detail"]
+    # SN-0003's certificate is in the backend (under another name): not reported missing, not an alarm.
+    assert found["missing_in_backend"] == [] and found["not_issued_here"] == []
+    assert doc["summary"]["matched"] == len(cns) - 1
+
+
+def test_byte_order_mark_and_escaped_pem_are_read(line, tmp_path):
+    st, cns, rows, clean = line
+    export = tmp_path / "excel.csv"
+    text = clean.read_text()
+    escaped = text.replace(rows[0]["certificates"], rows[0]["certificates"].replace("\n", "\\n"))
+    export.write_bytes(b"\xef\xbb\xbf" + escaped.encode())
+    r, doc, found = reconcile(st, export)
+    assert_exit(r, EXIT_OK)
+    assert doc["summary"]["matched"] == len(cns)
+    # Junk inside a PEM is refused, not skipped over into a wrong fingerprint.
+    bad = tmp_path / "junk.csv"
+    bad.write_text(text.replace(rows[0]["certificates"], rows[0]["certificates"].replace("\n", "\n%%\n", 1)))
+    r = st.run("ledger", "reconcile", bad)
+    assert_exit(r, EXIT_DATA)
+    assert "not valid base64" in r.err
