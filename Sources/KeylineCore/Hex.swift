@@ -39,6 +39,24 @@ public enum Hex {
         upper(SHA256.hash(data: bytes))
     }
 
+    /// The same for a byte array, without generic dispatch (a hot path: reconcile hashes a million certificates).
+    public static func sha256(_ bytes: [UInt8]) -> String {
+        let digest = bytes.withUnsafeBytes { SHA256.hash(data: $0) }
+        return digest.withUnsafeBytes { raw in
+            String(unsafeUninitializedCapacity: raw.count * 2) { out in
+                var i = 0
+                for b in raw {
+                    out[i] = hexDigits[Int(b >> 4)]
+                    out[i + 1] = hexDigits[Int(b & 0xF)]
+                    i += 2
+                }
+                return i
+            }
+        }
+    }
+
+    private static let hexDigits: [UInt8] = Array("0123456789ABCDEF".utf8)
+
     private static let digits: [Character] = Array("0123456789ABCDEF")
 
     private static func nibble(_ c: UInt8) -> UInt8? {

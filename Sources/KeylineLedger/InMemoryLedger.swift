@@ -221,6 +221,10 @@ public final class InMemoryLedger: Ledger {
         return head
     }
 
+    public func forEachRecordState(_ q: RecordQuery, _ body: (Int64, RecordState) throws -> Void) async throws {
+        try await forEachRecord(q) { try body($0.seq, $0.state) }
+    }
+
     public func head() async throws -> (seq: Int64, hash: String) {
         state.withLock { s in (Int64(s.records.count), s.records.last?.hash ?? LedgerRecord.genesisHash) }
     }

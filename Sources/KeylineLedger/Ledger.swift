@@ -193,6 +193,10 @@ public protocol Ledger: Sendable {
         _ query: RecordQuery, _ body: (LedgerRecord) throws -> Void
     ) async throws -> (seq: Int64, hash: String)
 
+    /// Streams only the sequence number and state of each record the query selects, in sequence order: the
+    /// cheap pass for questions about which records exist (reconcile's "never seen by the backend").
+    func forEachRecordState(_ query: RecordQuery, _ body: (Int64, RecordState) throws -> Void) async throws
+
     /// The chain head: the last record's sequence number and hash (0 and the genesis hash when empty).
     func head() async throws -> (seq: Int64, hash: String)
 

@@ -282,7 +282,8 @@ public final class SQLiteLedger: Ledger {
                 try db.inTransaction(.immediate) {
                     guard
                         let current = try Row.fetchOne(
-                            db.cachedStatement(sql: "SELECT * FROM records WHERE seq = ?"), arguments: [recordSeq]
+                            db.cachedStatement(sql: "SELECT \(Self.recordColumns) FROM records WHERE seq = ?"),
+                            arguments: [recordSeq]
                         ).map(Self.record)
                     else {
                         throw KeylineError(.dataError, "no record with seq \(recordSeq)")
@@ -303,7 +304,8 @@ public final class SQLiteLedger: Ledger {
         }
     }
 
-    private static let latestByCN = "SELECT * FROM records WHERE cn = ? ORDER BY seq DESC LIMIT 1"
+    private static let latestByCN =
+        "SELECT \(SQLiteLedger.recordColumns) FROM records WHERE cn = ? ORDER BY seq DESC LIMIT 1"
 
     public func record(cn: String) async throws -> LedgerRecord? {
         try guarded("reading the ledger") {
@@ -317,7 +319,8 @@ public final class SQLiteLedger: Ledger {
         try guarded("reading the ledger") {
             try dbQueue.read { db in
                 try Row.fetchAll(
-                    db.cachedStatement(sql: "SELECT * FROM records WHERE cn = ? ORDER BY seq"), arguments: [cn]
+                    db.cachedStatement(sql: "SELECT \(Self.recordColumns) FROM records WHERE cn = ? ORDER BY seq"),
+                    arguments: [cn]
                 )
                 .map(Self.record)
             }
@@ -327,10 +330,23 @@ public final class SQLiteLedger: Ledger {
     public func records(cns: [String]) async throws -> [String: LedgerRecord] {
         try guarded("reading the ledger") {
             try dbQueue.read { db in
-                let statement = try db.cachedStatement(sql: Self.latestByCN)
+                // One statement per slice of CNs (ordered by seq, so the last row of a CN is its latest), read
+                // through a cursor: a statement and a row copy per CN cost more than the lookups themselves.
                 var out: [String: LedgerRecord] = [:]
-                for cn in cns {
-                    if let row = try Row.fetchOne(statement, arguments: [cn]) { out[cn] = Self.record(row) }
+                out.reserveCapacity(cns.count)
+                let unique = Array(Set(cns))
+                var start = 0
+                while start < unique.count {
+                    let slice = unique[start..<min(start + 500, unique.count)]
+                    let marks = Array(repeating: "?", count: slice.count).joined(separator: ",")
+                    let cursor = try Row.fetchCursor(
+                        db, sql: "SELECT \(Self.recordColumns) FROM records WHERE cn IN (\(marks)) ORDER BY seq",
+                        arguments: StatementArguments(Array(slice)))
+                    while let row = try cursor.next() {
+                        let r = Self.record(row)
+                        out[r.content.cn] = r
+                    }
+                    start += slice.count
                 }
                 return out
             }
@@ -340,14 +356,16 @@ public final class SQLiteLedger: Ledger {
     public func record(seq: Int64) async throws -> LedgerRecord? {
         try guarded("reading the ledger") {
             try dbQueue.read { db in
-                try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM records WHERE seq = ?"), arguments: [seq]).map(
+                try Row.fetchOne(
+                    db.cachedStatement(sql: "SELECT \(Self.recordColumns) FROM records WHERE seq = ?"), arguments: [seq]
+                ).map(
                     Self.record)
             }
         }
     }
 
     /// The SELECT for a query; every filter is a bound argument.
-    static func select(_ q: RecordQuery) -> (String, StatementArguments) {
+    static func select(_ q: RecordQuery, columns: String = recordColumns) -> (String, StatementArguments) {
         var clauses: [String] = []
         var arguments: StatementArguments = []
         if let after = q.afterSeq {
@@ -390,7 +408,7 @@ public final class SQLiteLedger: Ledger {
             clauses.append("ca_name = ?")
             arguments += [ca]
         }
-        var sql = "SELECT * FROM records"
+        var sql = "SELECT \(columns) FROM records"
         if !clauses.isEmpty { sql += " WHERE " + clauses.joined(separator: " AND ") }
         sql += " ORDER BY seq"
         if let limit = q.limit { sql += " LIMIT \(limit)" }
@@ -424,6 +442,18 @@ public final class SQLiteLedger: Ledger {
                 let cursor = try Row.fetchCursor(db, sql: sql, arguments: arguments)
                 while let row = try cursor.next() { try body(Self.record(row)) }
                 return head
+            }
+        }
+    }
+
+    public func forEachRecordState(_ q: RecordQuery, _ body: (Int64, RecordState) throws -> Void) async throws {
+        let (sql, arguments) = Self.select(q, columns: "seq, state")
+        try guarded("reading the ledger") {
+            try dbQueue.read { db in
+                let cursor = try Row.fetchCursor(db, sql: sql, arguments: arguments)
+                while let row = try cursor.next() {
+                    try body(row[0], RecordState(rawValue: row[1] ?? "") ?? .failed)
+                }
             }
         }
     }
@@ -465,7 +495,9 @@ public final class SQLiteLedger: Ledger {
     public func event(seq: Int64) async throws -> LedgerEvent? {
         try guarded("reading the ledger") {
             try dbQueue.read { db in
-                try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM events WHERE seq = ?"), arguments: [seq]).map(
+                try Row.fetchOne(
+                    db.cachedStatement(sql: "SELECT \(Self.eventColumns) FROM events WHERE seq = ?"), arguments: [seq]
+                ).map(
                     Self.event)
             }
         }
@@ -474,7 +506,7 @@ public final class SQLiteLedger: Ledger {
     public func forEachEvent(
         kinds: Set<EventKind>?, afterSeq: Int64, _ body: (LedgerEvent) throws -> Void
     ) async throws {
-        var sql = "SELECT * FROM events WHERE seq > ?"
+        var sql = "SELECT \(Self.eventColumns) FROM events WHERE seq > ?"
         var args: StatementArguments = [afterSeq]
         if let kinds {
             let sorted = kinds.map(\.rawValue).sorted()
@@ -491,7 +523,7 @@ public final class SQLiteLedger: Ledger {
     }
 
     public func events(recordSeq: Int64?, limit: Int?) async throws -> [LedgerEvent] {
-        var sql = "SELECT * FROM events"
+        var sql = "SELECT \(Self.eventColumns) FROM events"
         var args: StatementArguments = []
         if let recordSeq {
             sql += " WHERE record_seq = ?"
@@ -515,7 +547,7 @@ public final class SQLiteLedger: Ledger {
             try dbQueue.read { db in
                 var verifier = ChainVerifier()
                 // Records with their state-changing events, merged from two ordered cursors: memory stays flat.
-                let records = try Row.fetchCursor(db, sql: "SELECT * FROM records ORDER BY seq")
+                let records = try Row.fetchCursor(db, sql: "SELECT \(Self.recordColumns) FROM records ORDER BY seq")
                 let stateEvents = try Row.fetchCursor(
                     db,
                     sql: """
@@ -535,7 +567,7 @@ public final class SQLiteLedger: Ledger {
                     }
                     verifier.add(record: record, stateEvents: kinds)
                 }
-                let events = try Row.fetchCursor(db, sql: "SELECT * FROM events ORDER BY seq")
+                let events = try Row.fetchCursor(db, sql: "SELECT \(Self.eventColumns) FROM events ORDER BY seq")
                 while let row = try events.next() { verifier.add(event: Self.event(row)) }
                 return verifier.report
             }
@@ -609,37 +641,42 @@ public final class SQLiteLedger: Ledger {
         return event
     }
 
+    /// Every record column, in the order ``record(_:)`` reads them by position. Reading by name cost a
+    /// case-insensitive name lookup per column per row (a third of a million-record reconcile).
+    static let recordColumns = """
+        seq, cn, serial_hex, cert_sha256, pubkey_sha256, ca_sha256, ca_name, profile, station_id, operator, \
+        key_origin, hardware_id, work_order, not_before, not_after, cert_der, state, created_at, updated_at, \
+        prev_hash, hash, has_attributes, description, tags, product_prn, cohort_prn, target, reissue_of
+        """
+    static let eventColumns = "seq, kind, record_seq, cn, detail, station_id, operator, at, prev_hash, hash"
+
     static func record(_ row: Row) -> LedgerRecord {
-        let der: Data = row["cert_der"] ?? Data()
+        let der: Data = row[15] ?? Data()
         let content = RecordContent(
-            cn: row["cn"], serialHex: row["serial_hex"], certificateFingerprint: row["cert_sha256"],
-            publicKeySHA256: row["pubkey_sha256"], caFingerprint: row["ca_sha256"], caName: row["ca_name"],
-            profile: row["profile"], stationID: row["station_id"], operatorName: row["operator"],
-            keyOrigin: KeyOrigin(rawValue: row["key_origin"] ?? "") ?? .device, hardwareID: row["hardware_id"],
-            workOrder: row["work_order"], notBefore: Date(timeIntervalSince1970: Double(row["not_before"] as Int64)),
-            notAfter: Date(timeIntervalSince1970: Double(row["not_after"] as Int64)), certificateDER: Array(der),
-            createdAt: Timestamp.fromMillis(row["created_at"]), attributes: attributes(row),
-            reissueOf: row["reissue_of"])
+            cn: row[1], serialHex: row[2], certificateFingerprint: row[3], publicKeySHA256: row[4],
+            caFingerprint: row[5], caName: row[6], profile: row[7], stationID: row[8], operatorName: row[9],
+            keyOrigin: KeyOrigin(rawValue: row[10] ?? "") ?? .device, hardwareID: row[11], workOrder: row[12],
+            notBefore: Date(timeIntervalSince1970: Double(row[13] as Int64)),
+            notAfter: Date(timeIntervalSince1970: Double(row[14] as Int64)), certificateDER: Array(der),
+            createdAt: Timestamp.fromMillis(row[17]), attributes: attributes(row), reissueOf: row[27])
         return LedgerRecord(
-            seq: row["seq"], content: content, state: RecordState(rawValue: row["state"] ?? "") ?? .failed,
-            updatedAt: Timestamp.fromMillis(row["updated_at"]), prevHash: row["prev_hash"], hash: row["hash"])
+            seq: row[0], content: content, state: RecordState(rawValue: row[16] ?? "") ?? .failed,
+            updatedAt: Timestamp.fromMillis(row[18]), prevHash: row[19], hash: row[20])
     }
 
     static func attributes(_ row: Row) -> DeviceAttributes? {
-        guard (row["has_attributes"] as Int?) == 1 else { return nil }
-        let tags: String = row["tags"] ?? ""
+        guard (row[21] as Int?) == 1 else { return nil }
+        let tags: String = row[23] ?? ""
         return DeviceAttributes(
-            description: row["description"] ?? "",
-            tags: tags.isEmpty ? [] : tags.split(separator: ",").map(String.init),
-            productPRN: row["product_prn"], cohortPRN: row["cohort_prn"], target: row["target"])
+            description: row[22] ?? "", tags: tags.isEmpty ? [] : tags.split(separator: ",").map(String.init),
+            productPRN: row[24], cohortPRN: row[25], target: row[26])
     }
 
     static func event(_ row: Row) -> LedgerEvent {
         let content = EventContent(
-            kind: EventKind(rawValue: row["kind"] ?? "") ?? .refused, recordSeq: row["record_seq"], cn: row["cn"],
-            detail: row["detail"], stationID: row["station_id"], operatorName: row["operator"],
-            at: Timestamp.fromMillis(row["at"]))
-        return LedgerEvent(seq: row["seq"], content: content, prevHash: row["prev_hash"], hash: row["hash"])
+            kind: EventKind(rawValue: row[1] ?? "") ?? .refused, recordSeq: row[2], cn: row[3], detail: row[4],
+            stationID: row[5], operatorName: row[6], at: Timestamp.fromMillis(row[7]))
+        return LedgerEvent(seq: row[0], content: content, prevHash: row[8], hash: row[9])
     }
 
     // MARK: - Errors

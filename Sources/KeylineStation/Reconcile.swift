@@ -261,6 +261,18 @@ extension UInt8 {
     var isASCIIWhitespace: Bool { self == 0x20 || self == 0x0A || self == 0x0D || self == 0x09 }
 }
 
+extension String {
+    /// Without leading and trailing spaces, tabs and line breaks; on the UTF-8 bytes (Foundation's
+    /// trimmingCharacters went through NSString, a tenth of a million-row reconcile).
+    var asciiTrimmed: String {
+        let u = utf8
+        guard let first = u.firstIndex(where: { !$0.isASCIIWhitespace }) else { return "" }
+        let last = u.lastIndex(where: { !$0.isASCIIWhitespace })!
+        if first == u.startIndex && last == u.index(before: u.endIndex) { return self }
+        return String(decoding: u[first...last], as: UTF8.self)
+    }
+}
+
 /// The running comparison.
 struct ReconcileState {
     let station: Station
@@ -530,33 +542,37 @@ struct ReconcileState {
         return out
     }
 
-    /// Streams the ledger once: records in scope that the export never listed.
+    /// Streams the ledger once, sequence numbers and states only, for records in scope that the export never
+    /// listed; only those are then read in full, for their findings (8 bytes each meanwhile: they are anomalies).
     mutating func finishLedgerSide(now: Date) async throws -> (inScope: Int, revokedAbsent: Int, failedAbsent: Int) {
         var inScope = 0
         var revokedAbsent = 0
         var failedAbsent = 0
+        var absent: [Int64] = []
         let seen = self.seen
         let accounted = self.accounted
-        let store = self.store
-        try await ledger.forEachRecord(scope) { r in
+        try await ledger.forEachRecordState(scope) { seq, state in
             inScope += 1
-            guard !Self.test(seen, r.seq) && !Self.test(accounted, r.seq) else { return }
-            switch r.state {
+            guard !Self.test(seen, seq) && !Self.test(accounted, seq) else { return }
+            switch state {
             case .revoked: revokedAbsent += 1
             case .failed: failedAbsent += 1
-            case .issued, .delivered:
-                let days = Int(now.timeIntervalSince(r.content.createdAt) / 86_400)
-                try store.add(
-                    ReconcileFinding(
-                        category: .missingInBackend, identifier: r.content.cn, row: nil, ledger_seq: r.seq,
-                        age_days: max(0, days),
-                        detail:
-                            "\(r.state.rawValue) \(Timestamp.iso(r.content.createdAt)) under profile '\(r.content.profile)', \(max(0, days)) day(s) ago; the backend has no such device"
-                    ))
+            case .issued, .delivered: absent.append(seq)
             }
+        }
+        for seq in absent {
+            guard let r = try await ledger.record(seq: seq) else { continue }
+            let days = max(0, Int(now.timeIntervalSince(r.content.createdAt) / 86_400))
+            try store.add(
+                ReconcileFinding(
+                    category: .missingInBackend, identifier: r.content.cn, row: nil, ledger_seq: r.seq, age_days: days,
+                    detail:
+                        "\(r.state.rawValue) \(Timestamp.iso(r.content.createdAt)) under profile '\(r.content.profile)', \(days) day(s) ago; the backend has no such device"
+                ))
         }
         return (inScope, revokedAbsent, failedAbsent)
     }
+
 }
 
 /// Reads the backend's export, CSV (the device import manifest's columns) or JSON (an array of devices or JSON
@@ -602,12 +618,12 @@ enum ExportReader {
                 guard let i = columns[name], i < fields.count else { return nil }
                 return fields[i]
             }
-            let identifier = (field("identifier") ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+            let identifier = (field("identifier") ?? "").asciiTrimmed
             guard !identifier.isEmpty else {
                 throw KeylineError(.dataError, "\(path) line \(line): empty identifier")
             }
             let tags = field("tags").map {
-                $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+                $0.split(separator: ",").map { String($0).asciiTrimmed }.filter { !$0.isEmpty }
             }
             return BackendDevice(
                 identifier: identifier, row: line, productPRN: field("product_prn").flatMap { $0.isEmpty ? nil : $0 },
@@ -622,7 +638,7 @@ enum ExportReader {
                 chunk = stripBOM(chunk)
                 first = false
             }
-            parser.feed(chunk) { fields, line in pending.append((fields, line)) }
+            parser.feed([UInt8](chunk)) { fields, line in pending.append((fields, line)) }
             for (fields, line) in pending {
                 if let device = try take(fields, line) { try await body(device) }
             }
@@ -659,7 +675,7 @@ enum ExportReader {
             guard let object = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else {
                 throw KeylineError(.dataError, "\(place): not a JSON object")
             }
-            guard let identifier = (object["identifier"] as? String)?.trimmingCharacters(in: .whitespacesAndNewlines),
+            guard let identifier = (object["identifier"] as? String)?.asciiTrimmed,
                 !identifier.isEmpty
             else {
                 throw KeylineError(.dataError, "\(place): missing 'identifier'")
@@ -672,7 +688,7 @@ enum ExportReader {
             if let list = object["tags"] as? [String] {
                 tags = list
             } else if let text = object["tags"] as? String {
-                tags = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+                tags = text.split(separator: ",").map { String($0).asciiTrimmed }
             }
             var certTexts: [String] = []
             if let list = object["certificates"] as? [Any] {
@@ -708,7 +724,7 @@ enum ExportReader {
                     chunk = stripBOM(chunk)
                     first = false
                 }
-                try splitter.feed(chunk) { objects.append($0) }
+                try splitter.feed([UInt8](chunk)) { objects.append($0) }
                 for o in objects { try await body(try take(o)) }
                 objects.removeAll(keepingCapacity: true)
             }
@@ -728,26 +744,18 @@ enum ExportReader {
     /// The certificates in one export field: PEM blocks (joined by blank lines in the device import manifest), or
     /// SHA-256 fingerprints (hex, colons allowed) separated by white space, commas or semicolons.
     static func certificates(_ text: String, where place: String) throws -> [PresentedCertificate] {
-        let begin = "-----BEGIN CERTIFICATE-----"
-        let end = "-----END CERTIFICATE-----"
-        if text.contains(begin) {
-            var out: [PresentedCertificate] = []
-            var rest = Substring(text)
-            while let b = rest.range(of: begin) {
-                guard let e = rest.range(of: end, range: b.upperBound..<rest.endIndex) else {
-                    throw KeylineError(.dataError, "\(place): a PEM certificate has no END line")
+        let bytes = Array(text.utf8)
+        if PEMBlocks.containsCertificate(bytes) {
+            do {
+                return try PEMBlocks.certificates(in: bytes).map { der in
+                    guard !der.isEmpty else { throw PEMBlocks.Failure.badBase64 }
+                    return PresentedCertificate(fingerprint: Hex.sha256(der), der: der)
                 }
-                // Only base64 and white space belong between the lines; a PEM pasted with JSON escapes (a literal
-                // backslash-n) is taken as the line breaks it stood for.
-                let body = String(rest[b.upperBound..<e.lowerBound]).replacingOccurrences(of: "\\n", with: "\n")
-                    .replacingOccurrences(of: "\\r", with: "\r").filter { !$0.isWhitespace }
-                guard let der = Data(base64Encoded: body), !der.isEmpty else {
-                    throw KeylineError(.dataError, "\(place): a PEM certificate is not valid base64")
-                }
-                out.append(PresentedCertificate(fingerprint: Hex.sha256(der), der: Array(der)))
-                rest = rest[e.upperBound...]
+            } catch PEMBlocks.Failure.unterminated {
+                throw KeylineError(.dataError, "\(place): a PEM certificate has no END line")
+            } catch {
+                throw KeylineError(.dataError, "\(place): a PEM certificate is not valid base64")
             }
-            return out
         }
         return try text.split(whereSeparator: { $0.isWhitespace || $0 == "," || $0 == ";" }).map { token in
             var t = token.lowercased()

@@ -177,3 +177,40 @@ struct CheckpointTests {
         #expect(RecordState.allCases.allSatisfy { !$0.canBecome($0) })
     }
 }
+
+@Suite("PEM blocks at the byte level")
+struct PEMBlocksTests {
+    @Test("decodes what Foundation encodes, every length and line layout")
+    func roundTrip() throws {
+        var rng = SeededRNG(seed: 7)
+        for length in 0..<200 {
+            let der = (0..<length).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            let b64 = Data(der).base64EncodedString(options: length % 2 == 0 ? [.lineLength64Characters] : [])
+            let pem = "junk before\r\n-----BEGIN CERTIFICATE-----\r\n\(b64)\r\n-----END CERTIFICATE-----\ntrailing"
+            if length == 0 { continue }
+            #expect(try PEMBlocks.certificates(in: Array(pem.utf8)) == [der])
+            // JSON-escaped line breaks, as a PEM pasted from a JSON string
+            let escaped = pem.replacingOccurrences(of: "\r\n", with: "\\n")
+            #expect(try PEMBlocks.certificates(in: Array(escaped.utf8)) == [der])
+        }
+    }
+
+    @Test("several blocks, joined by a blank line as the device import manifest does")
+    func several() throws {
+        let a = PEMText.encode([1, 2, 3, 4, 5])
+        let b = PEMText.encode([9, 8, 7])
+        #expect(try PEMBlocks.certificates(in: Array((a + "\n" + b).utf8)) == [[1, 2, 3, 4, 5], [9, 8, 7]])
+        #expect(!PEMBlocks.containsCertificate(Array("no pem here".utf8)))
+    }
+
+    @Test("junk inside a block, bad padding or a missing END line are refused")
+    func refusals() {
+        for body in ["AQID%BA==", "AQIDBA=x", "A===", "AQIDBA==AQ", "AQ\\tID"] {
+            let pem = "-----BEGIN CERTIFICATE-----\n\(body)\n-----END CERTIFICATE-----"
+            #expect(throws: PEMBlocks.Failure.badBase64) { try PEMBlocks.certificates(in: Array(pem.utf8)) }
+        }
+        #expect(throws: PEMBlocks.Failure.unterminated) {
+            try PEMBlocks.certificates(in: Array("-----BEGIN CERTIFICATE-----\nAQID\n".utf8))
+        }
+    }
+}
