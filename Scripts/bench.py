@@ -434,7 +434,8 @@ class Bench:
             # keep the full run's commands of the steps not re-run
             self.kept_commands = [c for c in self.r.pop("commands", [])
                                   if not any(c["step"].split(" ", 1)[0] == STEP_NUMBERS[n] for n in self.only)]
-            self.notes = [n for n in self.r.pop("notes", []) if not n.startswith("Partial run")]
+            # Notes the run writes anew (its own partial-run lines, the targets' verdicts) are dropped here.
+            self.notes = [n for n in self.r.pop("notes", []) if not n.startswith(("Partial run", "MISSED"))]
             self.growth_station = WORK / "growth" / "station"
             if "growth" not in self.only:
                 self.sizes = self.r.get("parameters", {}).get("growth_sizes", self.sizes)
@@ -1157,11 +1158,20 @@ class Bench:
         if self.only:
             r["commands"] = sorted(self.kept_commands + COMMANDS, key=lambda c: c["step"])
             partial = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                       "steps": sorted(self.only), "duration_seconds": round(duration, 1)}
-            r["partial_runs"] = [p for p in r.get("partial_runs", []) if set(p["steps"]) - self.only] + [partial]
-            r["notes"].append(f"Partial run on {partial['date']}: steps {', '.join(partial['steps'])} re-measured "
-                              f"with `Scripts/bench --only {','.join(partial['steps'])}` on the same machine; the "
-                              f"other figures are from the full run of {r['date']}.")
+                       "steps": sorted(self.only), "duration_seconds": round(duration, 1),
+                       "command": "Scripts/bench " + " ".join(sys.argv[1:])}
+            # Earlier partial runs keep only the steps this one did not re-measure.
+            kept = []
+            for p in r.get("partial_runs", []):
+                rest = sorted(set(p["steps"]) - self.only)
+                if rest:
+                    kept.append({**p, "steps": rest})
+            r["partial_runs"] = kept + [partial]
+            r["notes"] = [n for n in r["notes"] if not n.startswith("Partial run")]
+            for p in r["partial_runs"]:
+                r["notes"].append(f"Partial run on {p['date']}: steps {', '.join(p['steps'])} re-measured with "
+                                  f"`Scripts/bench --only` on the same machine; figures of steps not re-measured by a "
+                                  f"partial run are from the full run of {r['date']}.")
         else:
             r["commands"] = COMMANDS
             r["duration_seconds"] = round(duration, 1)
@@ -1251,8 +1261,12 @@ class Bench:
                  f"({self.raw_seconds:.0f} s) in the same conditions; the station's ledger holds only the bulk "
                  "records. Export: the device import manifest (CSV) of the largest ledger of step 2, under "
                  "/usr/bin/time -v (peak RSS = maximum resident set size).")
-        n.append("Not available yet: `keyline ledger reconcile` (step 4) and the station daemon (step 5, the line); "
-                 "their figures are null.")
+        if r.get("reconcile_1m_seconds") is not None:
+            n.append("Reconcile (step 5): the largest ledger of step 2 against its own device manifest, so every "
+                     "device matches (the common case QA meets: the cost of a clean run); run twice, interleaved "
+                     "with the peer, a Python script holding the ledger's (CN, fingerprint) pairs and the export's "
+                     "identifiers in dicts, under /usr/bin/time -v.")
+        n.append("Not available yet: the station daemon (step 6, the line); its figures are null.")
         for t in r.get("targets", []):
             if (t["status"] or "").startswith("MISS"):
                 n.append(f"MISSED: {t['target']} — measured {t['figure']}.")
@@ -1278,6 +1292,10 @@ class Bench:
                  f"{r['duration_seconds'] / 60:.1f} minutes. Every figure comes from the same run on the same machine "
                  "and the same inputs; `bench/results.json` holds all of them. Rerun: `Scripts/bench` "
                  "(full) or `Scripts/bench --quick`.\n")
+        for run_ in r.get("partial_runs", []):
+            cmd = run_.get("command") or f"Scripts/bench --only {','.join(run_['steps'])}"
+            L.append(f"Re-measured on {run_['date']} by `{cmd}` on the same machine, and still standing: "
+                     f"{', '.join(run_['steps'])} (the other steps' figures are from the run above).\n")
         L.append("## Targets\n")
         L.append("| Target | Measured | Status |")
         L.append("| --- | --- | --- |")
