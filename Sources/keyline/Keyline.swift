@@ -17,7 +17,8 @@ struct Keyline: AsyncParsableCommand {
               keyline help sign                 # how to sign device CSRs
               keyline issue --count 10 --cn-template 'SN-{seq:06}' --out ./batch --station ./station
 
-            Exit statuses: 0 ok, 3 policy refusal, 4 ledger integrity failure, 64 usage, 65 bad input data, \
+            Exit statuses: 0 ok, 3 policy refusal, 4 ledger integrity failure, 5 reconcile found differences, \
+            6 reconcile alarm (devices never issued here), 64 usage, 65 bad input data, \
             69 unavailable, 70 internal error, 74 I/O error, 75 temporary failure (retry), 77 key guard refusal, \
             78 configuration error.
             """,
