@@ -193,6 +193,12 @@ public final class InMemoryLedger: Ledger {
         }
     }
 
+    public func records(seqs: [Int64]) async throws -> [LedgerRecord] {
+        state.withLock { s in
+            Array(Set(seqs)).sorted().filter { $0 >= 1 && $0 <= s.records.count }.map { s.records[Int($0 - 1)] }
+        }
+    }
+
     public func record(seq: Int64) async throws -> LedgerRecord? {
         state.withLock { s in seq >= 1 && seq <= s.records.count ? s.records[Int(seq - 1)] : nil }
     }

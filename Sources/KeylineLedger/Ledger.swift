@@ -183,6 +183,9 @@ public protocol Ledger: Sendable {
     /// The record with sequence number `seq`.
     func record(seq: Int64) async throws -> LedgerRecord?
 
+    /// The records with these sequence numbers, in sequence order (absent ones are left out), in one read.
+    func records(seqs: [Int64]) async throws -> [LedgerRecord]
+
     /// Records in sequence order, filtered.
     func records(_ query: RecordQuery) async throws -> [LedgerRecord]
 

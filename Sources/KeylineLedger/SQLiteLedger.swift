@@ -353,6 +353,27 @@ public final class SQLiteLedger: Ledger {
         }
     }
 
+    public func records(seqs: [Int64]) async throws -> [LedgerRecord] {
+        try guarded("reading the ledger") {
+            try dbQueue.read { db in
+                var out: [LedgerRecord] = []
+                out.reserveCapacity(seqs.count)
+                let sorted = Array(Set(seqs)).sorted()
+                var start = 0
+                while start < sorted.count {
+                    let slice = sorted[start..<min(start + 500, sorted.count)]
+                    let marks = Array(repeating: "?", count: slice.count).joined(separator: ",")
+                    let cursor = try Row.fetchCursor(
+                        db, sql: "SELECT \(Self.recordColumns) FROM records WHERE seq IN (\(marks)) ORDER BY seq",
+                        arguments: StatementArguments(Array(slice)))
+                    while let row = try cursor.next() { out.append(Self.record(row)) }
+                    start += slice.count
+                }
+                return out
+            }
+        }
+    }
+
     public func record(seq: Int64) async throws -> LedgerRecord? {
         try guarded("reading the ledger") {
             try dbQueue.read { db in

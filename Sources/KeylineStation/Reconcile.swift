@@ -54,6 +54,37 @@ public struct ReconcileFinding: Sendable, Codable, Equatable {
         case category, identifier, row, ledger_seq, age_days, detail
     }
 
+    /// The finding as one line of JSON with sorted keys, as JSONEncoder would write it (by hand: a million findings
+    /// through JSONEncoder took minutes).
+    public var jsonLine: String {
+        func number<T: BinaryInteger>(_ v: T?) -> String { v.map { String($0) } ?? "null" }
+        return
+            "{\"age_days\":\(number(age_days)),\"category\":\"\(category.rawValue)\",\"detail\":\(Self.quote(detail)),"
+            + "\"identifier\":\(Self.quote(identifier)),\"ledger_seq\":\(number(ledger_seq)),\"row\":\(number(row))}\n"
+    }
+
+    /// A JSON string literal: quotes, backslashes and control characters escaped; slashes and non-ASCII as they are.
+    static func quote(_ s: String) -> String {
+        var out = "\""
+        out.reserveCapacity(s.utf8.count + 2)
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                if u.value < 0x20 {
+                    out += String(format: "\\u%04x", u.value)
+                } else {
+                    out.unicodeScalars.append(u)
+                }
+            }
+        }
+        return out + "\""
+    }
+
     /// Absent values are written as null, so every finding has the same keys.
     public func encode(to encoder: Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
@@ -107,7 +138,6 @@ public final class FindingStore {
     public private(set) var examples: [ReconcileCategory: [ReconcileFinding]] = [:]
     private let directory: String
     private var streams: [ReconcileCategory: BufferedFileOutputStream] = [:]
-    private let encoder = JSONEncoder()
 
     init() throws {
         var template = Array((NSTemporaryDirectory() + "/keyline-reconcile-XXXXXX").utf8CString)
@@ -115,7 +145,6 @@ public final class FindingStore {
             throw KeylineError(.ioError, "cannot create a temporary directory under \(NSTemporaryDirectory())")
         }
         directory = String(cString: made)
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
     }
 
     deinit {
@@ -140,7 +169,7 @@ public final class FindingStore {
             streams[f.category] = s
             stream = s
         }
-        let line = Array(try encoder.encode(f)) + [UInt8(ascii: "\n")]
+        let line = Array(f.jsonLine.utf8)
         guard line.withUnsafeBufferPointer({ stream.write($0.baseAddress!, maxLength: $0.count) }) == line.count else {
             throw KeylineError(.ioError, "cannot write findings under \(directory) (disk full?)")
         }
@@ -156,16 +185,22 @@ public final class FindingStore {
 
     /// Every finding of `category`, in the order found, read back one at a time.
     public func forEach(_ category: ReconcileCategory, _ body: (ReconcileFinding) throws -> Void) throws {
+        let decoder = JSONDecoder()
+        try forEachLine(category) { line in try body(try decoder.decode(ReconcileFinding.self, from: Data(line))) }
+    }
+
+    /// Every finding of `category` as the JSON line it was stored as (without the line break): for output that is
+    /// JSON anyway, no decoding and encoding again.
+    public func forEachLine(_ category: ReconcileCategory, _ body: (ArraySlice<UInt8>) throws -> Void) throws {
         let path = "\(directory)/\(category.rawValue).jsonl"
         guard counts[category, default: 0] > 0, let handle = FileHandle(forReadingAtPath: path) else { return }
         defer { try? handle.close() }
-        let decoder = JSONDecoder()
         var pending: [UInt8] = []
         while let chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty {
             pending.append(contentsOf: chunk)
             var start = 0
             while let nl = pending[start...].firstIndex(of: UInt8(ascii: "\n")) {
-                try body(try decoder.decode(ReconcileFinding.self, from: Data(pending[start..<nl])))
+                try body(pending[start..<nl])
                 start = nl + 1
             }
             pending.removeFirst(start)
@@ -560,15 +595,20 @@ struct ReconcileState {
             case .issued, .delivered: absent.append(seq)
             }
         }
-        for seq in absent {
-            guard let r = try await ledger.record(seq: seq) else { continue }
-            let days = max(0, Int(now.timeIntervalSince(r.content.createdAt) / 86_400))
-            try store.add(
-                ReconcileFinding(
-                    category: .missingInBackend, identifier: r.content.cn, row: nil, ledger_seq: r.seq, age_days: days,
-                    detail:
-                        "\(r.state.rawValue) \(Timestamp.iso(r.content.createdAt)) under profile '\(r.content.profile)', \(days) day(s) ago; the backend has no such device"
-                ))
+        var start = 0
+        while start < absent.count {
+            let slice = Array(absent[start..<min(start + 500, absent.count)])
+            start += slice.count
+            for r in try await ledger.records(seqs: slice) {
+                let days = max(0, Int(now.timeIntervalSince(r.content.createdAt) / 86_400))
+                try store.add(
+                    ReconcileFinding(
+                        category: .missingInBackend, identifier: r.content.cn, row: nil, ledger_seq: r.seq,
+                        age_days: days,
+                        detail:
+                            "\(r.state.rawValue) \(Timestamp.iso(r.content.createdAt)) under profile '\(r.content.profile)', \(days) day(s) ago; the backend has no such device"
+                    ))
+            }
         }
         return (inScope, revokedAbsent, failedAbsent)
     }

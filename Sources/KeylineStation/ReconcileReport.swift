@@ -59,8 +59,13 @@ public enum ReconcileReport {
         try put(stream, ",\n\"findings\": [")
         var first = true
         for category in ReconcileCategory.allCases {
-            try store.forEach(category) { f in
-                try put(stream, (first ? "\n" : ",\n") + String(decoding: try encoder.encode(f), as: UTF8.self))
+            try store.forEachLine(category) { line in
+                try put(stream, first ? "\n" : ",\n")
+                try line.withUnsafeBufferPointer { b in
+                    guard b.isEmpty || stream.write(b.baseAddress!, maxLength: b.count) == b.count else {
+                        throw KeylineError(.ioError, "cannot write to standard output")
+                    }
+                }
                 first = false
             }
         }

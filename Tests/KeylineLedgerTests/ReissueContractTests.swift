@@ -132,6 +132,7 @@ struct ReissueContractTests {
         var revoked: [LedgerEvent] = []
         try await ledger.forEachEvent(kinds: [.revoked], afterSeq: 0) { revoked.append($0) }
         #expect(revoked.map(\.content.detail) == ["reason scrap"])
+        #expect(try await ledger.records(seqs: [2, 9, 1, 2]).map(\.seq) == [1, 2])
         let counts = try await ledger.counts(throughRecordSeq: 1, throughEventSeq: 99)
         #expect(counts.records == 1 && counts.events == 3)
         var after: [Int64] = []

@@ -89,3 +89,26 @@ struct JITPConfigTests {
                 == "{{cn}} from {{station_id}}")
     }
 }
+
+@Suite("Reconcile findings as JSON")
+struct ReconcileFindingJSONTests {
+    @Test("the hand-written JSON line is what JSONEncoder writes, escapes included")
+    func matchesEncoder() throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        for f in [
+            ReconcileFinding(
+                category: .notIssuedHere, identifier: "a\"b\\c/d é\u{1}\t", row: 12, ledger_seq: nil, age_days: nil,
+                detail: "line\nbreak <b>&</b>"),
+            ReconcileFinding(
+                category: .missingInBackend, identifier: "SN-1", row: nil, ledger_seq: 7, age_days: 3, detail: ""),
+        ] {
+            let line = f.jsonLine
+            #expect(line.hasSuffix("\n"))
+            let mine = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? NSDictionary
+            let theirs = try JSONSerialization.jsonObject(with: encoder.encode(f)) as? NSDictionary
+            #expect(mine == theirs)
+            #expect(try JSONDecoder().decode(ReconcileFinding.self, from: Data(line.utf8)) == f)
+        }
+    }
+}
