@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "keyline", targets: ["keyline"]),
+        .executable(name: "keyline-devsim", targets: ["keyline-devsim"]),
         .library(name: "KeylineCore", targets: ["KeylineCore"]),
         .library(name: "KeylineCustody", targets: ["KeylineCustody"]),
         .library(name: "KeylineLedger", targets: ["KeylineLedger"]),
@@ -87,6 +88,19 @@ let package = Package(
             ]
         ),
         // The raw P-256 keygen + sign limit that bulk issuance is compared with in Scripts/bench.
+        .target(
+            name: "KeylineDeviceSim",
+            dependencies: [
+                "KeylineCore",
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]
+        ),
+        .executableTarget(
+            name: "keyline-devsim",
+            dependencies: ["KeylineDeviceSim", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
         .executableTarget(
             name: "keyline-rawbench",
             dependencies: [.product(name: "Crypto", package: "swift-crypto")]
@@ -106,6 +120,13 @@ let package = Package(
                 "KeylineCustody", "KeylineCore", .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ]
+        ),
+        .testTarget(
+            name: "KeylineDeviceSimTests",
+            dependencies: [
+                "KeylineDeviceSim", "KeylineCore", .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
         .testTarget(
