@@ -641,9 +641,7 @@ enum ExportReader {
             guard let columns else {
                 var map: [String: Int] = [:]
                 for (i, name) in fields.enumerated() {
-                    map[
-                        name.trimmingCharacters(in: .whitespaces).lowercased().replacingOccurrences(
-                            of: "\u{FEFF}", with: "")] = i
+                    map[name.asciiTrimmed.lowercased()] = i
                 }
                 for required in ["identifier", "certificates"] where map[required] == nil {
                     throw KeylineError(
