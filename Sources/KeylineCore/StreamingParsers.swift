@@ -234,10 +234,6 @@ public enum PEMBlocks {
     }()
 
     /// Strict base64 (standard alphabet, `=` padding only at the end), skipping white space and escaped breaks.
-    public static func decodeBase64(_ text: ArraySlice<UInt8>) throws -> [UInt8] {
-        try text.withUnsafeBufferPointer { try decodeBase64($0) }
-    }
-
     public static func decodeBase64(_ text: UnsafeBufferPointer<UInt8>) throws -> [UInt8] {
         let table = Self.table  // once, not a lazy-global check per byte
         var out: [UInt8] = []

@@ -8,7 +8,6 @@ import hashlib
 import os
 import socket
 import subprocess
-import termios
 import tty
 from pathlib import Path
 
