@@ -22,6 +22,7 @@ let package = Package(
         .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
         .package(url: "https://github.com/hummingbird-project/swift-mustache.git", from: "2.1.1"),
         .package(url: "https://github.com/yaslab/CSV.swift.git", from: "2.5.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
         // libcrypto (OpenSSL 3, from libssl-dev) for opening the key files openssl writes.
@@ -75,6 +76,28 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
+        // libusb-1.0 (from libusb-1.0-0-dev) for fixtures with a vendor-specific bulk interface.
+        .systemLibrary(
+            name: "CLibUSB",
+            pkgConfig: "libusb-1.0",
+            providers: [.apt(["libusb-1.0-0-dev"])]
+        ),
+        // The line: the daemon's service group, fixtures and their transports (tty, socket, libusb), the line
+        // service (rate limits, work orders, idempotent re-delivery), the operator's console and the MES log.
+        .target(
+            name: "KeylineLine",
+            dependencies: [
+                "KeylineCore",
+                "KeylineLedger",
+                "KeylineStation",
+                "CLibUSB",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]
+        ),
         .executableTarget(
             name: "keyline",
             dependencies: [
@@ -82,6 +105,7 @@ let package = Package(
                 "KeylineCustody",
                 "KeylineLedger",
                 "KeylineStation",
+                "KeylineLine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "X509", package: "swift-certificates"),
@@ -126,6 +150,14 @@ let package = Package(
             name: "KeylineDeviceSimTests",
             dependencies: [
                 "KeylineDeviceSim", "KeylineCore", .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        .testTarget(
+            name: "KeylineLineTests",
+            dependencies: [
+                "KeylineLine", "KeylineStation", "KeylineLedger", "KeylineCore", "KeylineDeviceSim",
+                .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),

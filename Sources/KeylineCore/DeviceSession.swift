@@ -54,6 +54,8 @@ public struct DeviceSession: Sendable {
         case timeout
         case disconnected
         case issued(Issued)
+        /// The device already holds the certificate of record `seq` (read back before issuing): nothing to store.
+        case alreadyHeld(seq: Int64)
         /// Issuance refused (policy, a known CN with another key, the CA...): the reason, for the operator.
         case issueRefused(String)
     }
@@ -67,13 +69,16 @@ public struct DeviceSession: Sendable {
     public enum Action: Sendable, Equatable {
         case send(DeviceProtocol.Frame, timeout: Double)
         /// Reserve, sign and commit a certificate for `cn`; `csrPEM` nil means the station makes the key pair.
-        case issue(cn: String, hardwareID: String, csrPEM: [UInt8]?)
+        /// `held` is the SHA-256 of the certificate a device without key generation already holds (read back
+        /// first, so a device that returns after a power loss is not given a second key).
+        case issue(cn: String, hardwareID: String, csrPEM: [UInt8]?, held: String?)
         case markDelivered(seq: Int64)
         case finish(Outcome)
     }
 
     enum Phase: Sendable, Equatable {
-        case idle, greeting, identifying, requestingCSR, issuing, storing, verifyingStore, readingBack, locking, done
+        case idle, greeting, identifying, checkingHeld, requestingCSR, issuing, storing, verifyingStore, readingBack,
+            locking, done
     }
 
     public let config: Config
@@ -108,6 +113,10 @@ public struct DeviceSession: Sendable {
             guard phase == .issuing else { return [] }
             issued = i
             return store()
+        case .alreadyHeld(let seq):
+            guard phase == .issuing, let cn else { return [] }
+            phase = .done
+            return [.markDelivered(seq: seq), .finish(.pass(cn: cn, seq: seq))]
         case .frame(let f):
             return answer(f)
         }
@@ -180,16 +189,22 @@ public struct DeviceSession: Sendable {
                 return request(
                     .requestingCSR, ["CSR", "cn=" + DeviceProtocol.percentEncode(cn!)], timeout: config.csrTimeout)
             }
+            // The station makes the key: first ask what the device already holds.
+            return request(.checkingHeld, ["READBACK"], timeout: config.responseTimeout)
+        case .checkingHeld:
+            guard Self.isOK(f, "READBACK") else {
+                return fail("READBACK refused: \(Self.errorText(f) ?? f.words.joined(separator: " "))")
+            }
+            let held = f.fields["cert"].flatMap { $0 == "none" ? nil : $0.uppercased() }
             phase = .issuing
-            return [.issue(cn: cn!, hardwareID: hw, csrPEM: nil)]
+            return [.issue(cn: cn!, hardwareID: hardwareID!, csrPEM: nil, held: held)]
         case .requestingCSR:
             if Self.isOK(f, "CSR"), let pem = f.payload {
                 phase = .issuing
-                return [.issue(cn: cn!, hardwareID: hardwareID!, csrPEM: pem)]
+                return [.issue(cn: cn!, hardwareID: hardwareID!, csrPEM: pem, held: nil)]
             }
             if f.words.prefix(2) == ["ERR", "NOKEYGEN"] {
-                phase = .issuing
-                return [.issue(cn: cn!, hardwareID: hardwareID!, csrPEM: nil)]
+                return request(.checkingHeld, ["READBACK"], timeout: config.responseTimeout)
             }
             return fail("CSR refused: \(Self.errorText(f) ?? f.words.joined(separator: " "))")
         case .storing:

@@ -170,6 +170,12 @@ public enum EventKind: String, Sendable, Codable, CaseIterable {
     case checkpoint
     /// QA compared the ledger with a backend export (`ledger reconcile`); the detail holds the counts.
     case reconciled
+    /// A work order was opened or closed (`keyline workorder`); the detail is its JSON.
+    case workOrderOpened = "work-order-opened"
+    case workOrderClosed = "work-order-closed"
+    /// The daemon started or stopped on this station (`keyline run`); the detail names its fixtures.
+    case daemonStarted = "daemon-started"
+    case daemonStopped = "daemon-stopped"
 }
 
 /// What an event will hold before the ledger numbers and chains it.

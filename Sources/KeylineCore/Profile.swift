@@ -1,3 +1,5 @@
+import Foundation
+
 /// A named issuance profile: which CA signs, what a CN may look like, which keys are allowed, how long a leaf lives.
 ///
 /// Profiles are data (cfssl's `config.Signing.Profiles`); the station reads them from `station.toml`.
@@ -22,6 +24,9 @@ public struct Profile: Sendable, Hashable {
 
     /// What the backend assigns to devices of this profile (JITP settings and the device import manifest).
     public var jitp: JITPSettings = JITPSettings()
+
+    /// How the daemon treats devices on the line under this profile.
+    public var line: LineSettings = LineSettings()
 
     /// The smallest RSA modulus allowed, nil when the profile allows no RSA key.
     public var rsaMinimumBits: Int? { keyTypes.compactMap(\.rsaMinimumBits).min() }
@@ -83,5 +88,26 @@ public struct JITPSettings: Sendable, Hashable {
         if tag.contains(",") { return "tag '\(tag)' contains a comma" }
         if tag.contains(where: { $0.isWhitespace }) { return "tag '\(tag)' contains white space" }
         return nil
+    }
+}
+
+/// A profile's rules for devices on the line (`keyline run`): how a CN is chosen and what a returning device gets.
+public struct LineSettings: Sendable, Hashable {
+    /// `cn_template`: the CN for a hardware id; `{hardware_id}` is replaced by it. Default: the hardware id itself.
+    public var cnTemplate: String = "{hardware_id}"
+    /// `accept_device_cn`: use the CN a device asks for in IDENTIFY (still checked by `cn_pattern`).
+    public var acceptDeviceCN: Bool = false
+    /// `allow_reissue`: a known CN that comes back with another key revokes the old certificate (reason
+    /// superseded) and gets a new one; without it such a device is refused.
+    public var allowReissue: Bool = false
+    /// `rate_per_minute` and `rate_burst`: this profile's token bucket (nil: no per-profile limit).
+    public var ratePerMinute: Double?
+    public var rateBurst: Int?
+
+    public init() {}
+
+    /// The CN the template gives for `hardwareID`.
+    public func cn(forHardwareID hardwareID: String) -> String {
+        cnTemplate.replacingOccurrences(of: "{hardware_id}", with: hardwareID)
     }
 }

@@ -61,6 +61,10 @@ public final class SimulatedDevice {
         if let dir = storeDirectory, let data = FileManager.default.contents(atPath: "\(dir)/cert.pem") {
             storedPEM = Array(data)  // what survived a power cycle
         }
+        // A device whose key lives in flash keeps it across power cycles (the station then re-delivers).
+        if let dir = storeDirectory, let data = FileManager.default.contents(atPath: "\(dir)/device-key.pem") {
+            key = try? P256.Signing.PrivateKey(pemRepresentation: String(decoding: data, as: UTF8.self))
+        }
     }
 
     var storeDirectory: String? { directory.map { "\($0)/\(hardwareID)" } }
@@ -151,6 +155,11 @@ public final class SimulatedDevice {
     /// A CSR for the device's key (made on first use, then kept), subject CN=cn.
     func csr(cn: String) throws -> String {
         let k = key ?? P256.Signing.PrivateKey()
+        if key == nil, let dir = storeDirectory {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            try Data(k.pemRepresentation.utf8).write(to: URL(fileURLWithPath: "\(dir)/device-key.pem"))
+            chmod("\(dir)/device-key.pem", 0o600)
+        }
         key = k
         let request = try CertificateSigningRequest(
             version: .v1, subject: try DistinguishedName { CommonName(cn) },

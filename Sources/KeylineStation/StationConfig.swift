@@ -45,6 +45,10 @@ public struct StationConfig: Sendable {
     public var caExpiryWarningDays: Int
     public var cas: [String: CAConfig]
     public var profiles: [String: Profile]
+    /// `[fixtures.NAME]`: where devices are plugged in (`keyline run`).
+    public var fixtures: [String: FixtureConfig] = [:]
+    /// `[daemon]`: timeouts, rate limit, alarm and log of `keyline run`.
+    public var daemon = DaemonSettings()
 
     /// Reads and checks `DIR/station.toml`. Throws ``KeylineError/Code/configuration`` with the file, section and key.
     public static func load(directory: String) throws -> StationConfig {
@@ -79,6 +83,8 @@ public struct StationConfig: Sendable {
         let warnDays = try top.int("ca_expiry_warning_days") ?? 30
         let casTable = try top.table("cas")
         let profilesTable = try top.table("profiles")
+        let fixturesTable = try top.table("fixtures")
+        let daemonTable = try top.table("daemon")
         try top.refuseUnknown()
 
         guard !stationID.isEmpty else { throw KeylineError(.configuration, "\(fileName): station_id is empty") }
@@ -171,6 +177,7 @@ public struct StationConfig: Sendable {
                 organization: try s.string("subject_organization"),
                 organizationalUnit: try s.string("subject_organizational_unit"))
             profile.jitp = try Self.jitpSettings(&s, profile: name, directory: dir)
+            profile.line = try Self.lineSettings(&s, profile: name)
             try s.refuseUnknown()
             guard profile.validityDays > 0, profile.minValidityDays >= 0,
                 profile.minValidityDays <= profile.validityDays
@@ -187,10 +194,54 @@ public struct StationConfig: Sendable {
             }
             profiles[name] = profile
         }
-        return StationConfig(
+        var fixtures: [String: FixtureConfig] = [:]
+        for name in fixturesTable?.keys ?? [] {
+            guard let t = fixturesTable?[name]?.table else {
+                throw KeylineError(.configuration, "\(fileName): [fixtures.\(name)] must be a table")
+            }
+            var s = Section(table: t, name: "[fixtures.\(name)]")
+            fixtures[name] = try FixtureConfig.parse(&s, name: name, directory: dir, profiles: profiles)
+            try s.refuseUnknown()
+        }
+        var daemon = DaemonSettings()
+        if let t = daemonTable {
+            var s = Section(table: t, name: "[daemon]")
+            daemon = try DaemonSettings.parse(&s, directory: dir)
+            try s.refuseUnknown()
+        }
+        var config = StationConfig(
             directory: dir, stationID: stationID, ledger: ledger, operatorName: operatorName,
             caExpiryWarningDays: warnDays,
             cas: cas, profiles: profiles)
+        config.fixtures = fixtures
+        config.daemon = daemon
+        return config
+    }
+
+    /// Reads a profile's line keys (`cn_template`, `accept_device_cn`, `allow_reissue`, `rate_per_minute`,
+    /// `rate_burst`).
+    static func lineSettings(_ s: inout Section, profile name: String) throws -> LineSettings {
+        let table = "\(fileName): [profiles.\(name)]"
+        var line = LineSettings()
+        if let t = try s.string("cn_template") {
+            guard t.contains("{hardware_id}") else {
+                throw KeylineError(
+                    .configuration,
+                    "\(table) cn_template '\(t)' must contain {hardware_id} (each device needs its own CN)")
+            }
+            line.cnTemplate = t
+        }
+        line.acceptDeviceCN = try s.bool("accept_device_cn") ?? false
+        line.allowReissue = try s.bool("allow_reissue") ?? false
+        if let r = try s.number("rate_per_minute") {
+            guard r > 0 else { throw KeylineError(.configuration, "\(table) rate_per_minute must be > 0") }
+            line.ratePerMinute = r
+        }
+        if let b = try s.int("rate_burst") {
+            guard b >= 1 else { throw KeylineError(.configuration, "\(table) rate_burst must be >= 1") }
+            line.rateBurst = b
+        }
+        return line
     }
 
     /// Warnings for a configuration that is allowed but unsafe: a CA whose key may be unencrypted.
@@ -322,6 +373,15 @@ struct Section {
         guard let v = table[key] else { return nil }
         guard let i = v.int else { throw wrongType(key, "an integer") }
         return i
+    }
+
+    /// An integer or a float, as a Double.
+    mutating func number(_ key: String) throws -> Double? {
+        used.insert(key)
+        guard let v = table[key] else { return nil }
+        if let i = v.int { return Double(i) }
+        guard let d = v.double else { throw wrongType(key, "a number") }
+        return d
     }
 
     mutating func bool(_ key: String) throws -> Bool? {

@@ -13,6 +13,7 @@ struct Keyline: AsyncParsableCommand {
             hash-chained ledger before it leaves the station.
 
             Quick start:
+              keyline demo --station ./line --devices 20 --fixtures 3   # the whole line, simulated
               keyline init ./station            # a station with a development CA and an empty ledger
               keyline help sign                 # how to sign device CSRs
               keyline issue --count 10 --cn-template 'SN-{seq:06}' --out ./batch --station ./station
@@ -26,7 +27,7 @@ struct Keyline: AsyncParsableCommand {
         subcommands: [
             InitCommand.self, CACommand.self, ProfileCommand.self, ConfigCommand.self, SignCommand.self,
             IssueCommand.self,
-            LedgerCommand.self, ManifestCommand.self,
+            LedgerCommand.self, ManifestCommand.self, RunCommand.self, WorkOrderCommand.self, DemoCommand.self,
         ]
     )
 

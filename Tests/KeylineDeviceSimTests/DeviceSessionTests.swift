@@ -12,6 +12,10 @@ struct Harness {
     var issueCalls: [(cn: String, hw: String, csr: Bool)] = []
     var delivered: [Int64] = []
     var refuse: String?
+    /// What the device reported holding when the station was about to make its key.
+    var heldSeen: [String?] = []
+    /// Certificates issued so far, by SHA-256: a device that holds one is confirmed without a second.
+    var issuedBySHA: [String: Int64] = [:]
     let ca = TestCA()
     var nextSeq: Int64 = 1
 
@@ -32,10 +36,15 @@ struct Harness {
                 #expect(session.isDone)
                 return outcome
             case .markDelivered(let seq): delivered.append(seq)
-            case .issue(let cn, let hw, let csrPEM):
+            case .issue(let cn, let hw, let csrPEM, let held):
                 issueCalls.append((cn, hw, csrPEM != nil))
+                heldSeen.append(held)
                 if let refuse {
                     queue += session.handle(.issueRefused(refuse))
+                    continue
+                }
+                if let held, let seq = issuedBySHA[held] {
+                    queue += session.handle(.alreadyHeld(seq: seq))
                     continue
                 }
                 queue += session.handle(.issued(try issue(cn: cn, csrPEM: csrPEM)))
@@ -80,6 +89,7 @@ struct Harness {
         }
         let cert = try ca.issue(subject: try DistinguishedName { CommonName(cn) }, publicKey: publicKey)
         let der = try CertificateFactory.der(cert)
+        issuedBySHA[Hex.sha256(der)] = seq
         return DeviceSession.Issued(
             seq: seq, certificateSHA256: Hex.sha256(der),
             publicKeySHA256: CertificateFactory.publicKeyFingerprint(publicKey),
@@ -123,6 +133,19 @@ struct DeviceSessionTests {
         var h = Harness()
         #expect(try h.run(sim { $0.noKeygen = true }, fromHardwareID) == .pass(cn: "SN-HW1", seq: 1))
         #expect(h.issueCalls.map(\.csr) == [false])
+        #expect(h.heldSeen == [nil])  // asked what it holds first: nothing yet
+    }
+
+    @Test("a device without key generation that already holds its certificate is confirmed, not given a second key")
+    func stationKeyReturning() throws {
+        var h = Harness()
+        let device = sim { $0.noKeygen = true }
+        #expect(try h.run(device, fromHardwareID) == .pass(cn: "SN-HW1", seq: 1))
+        // The device comes back (a brown-out before the station heard OK STORED): it reads back what it holds.
+        #expect(try h.run(device, fromHardwareID) == .pass(cn: "SN-HW1", seq: 1))
+        #expect(h.heldSeen.count == 2 && h.heldSeen[1] != nil)
+        #expect(h.issuedBySHA.count == 1, "no second certificate was made")
+        #expect(h.delivered == [1, 1])
     }
 
     @Test("a read-back that does not match fails the issued record and is never delivered")
@@ -195,7 +218,13 @@ struct DeviceSessionTests {
         var s = DeviceSession(config: fromHardwareID)
         _ = s.handle(.start)
         _ = s.handle(.frame(.init(words: ["OK", "HELLO", "keyline/1"])))
-        _ = s.handle(.frame(.init(words: ["OK", "IDENTIFY", "hw=HW1", "keygen=no"])))
+        // A device without key generation is first asked what it holds.
+        #expect(
+            s.handle(.frame(.init(words: ["OK", "IDENTIFY", "hw=HW1", "keygen=no"])))
+                == [.send(.init(words: ["READBACK"]), timeout: 5)])
+        #expect(
+            s.handle(.frame(.init(words: ["OK", "READBACK", "cert=none", "pubkey=none"])))
+                == [.issue(cn: "SN-HW1", hardwareID: "HW1", csrPEM: nil, held: nil)])
         let issued = DeviceSession.Issued(
             seq: 9, certificateSHA256: String(repeating: "A", count: 64),
             publicKeySHA256: String(repeating: "B", count: 64),
