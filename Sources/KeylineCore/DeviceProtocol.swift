@@ -51,7 +51,19 @@ public enum DeviceProtocol {
 
     /// What the decoder could not accept. After each, it resynchronises: at the next line break, or after the
     /// announced payload and its terminator.
-    public enum DecodeError: Error, Sendable, Equatable {
+    public enum DecodeError: Error, Sendable, Equatable, CustomStringConvertible {
+        /// For the operator's console: what was wrong, in words.
+        public var description: String {
+            switch self {
+            case .lineTooLong: "a line longer than \(DeviceProtocol.maxLineBytes) bytes"
+            case .notText: "bytes that are not text"
+            case .badPayloadHeader(let h): "a bad payload header '\(h.prefix(40))'"
+            case .checksumMismatch: "a payload whose SHA-256 does not match"
+            case .missingPayloadTerminator: "a payload without its line break"
+            case .emptyLine: "an empty line"
+            }
+        }
+
         /// A line longer than ``maxLineBytes``; skipped to its end.
         case lineTooLong
         /// A byte outside printable ASCII in a line (control characters other than CR before LF, or non-ASCII).

@@ -105,7 +105,7 @@ public struct DeviceSession: Sendable {
         case .timeout:
             return retry(or: "no answer from the device")
         case .decodeError(let e):
-            return retry(or: "corrupt answer from the device (\(e))")
+            return retry(or: "corrupt answer from the device: \(e)")
         case .issueRefused(let reason):
             guard phase == .issuing else { return [] }
             return fail(reason)

@@ -99,6 +99,14 @@ public final class FixtureRunner: @unchecked Sendable {
                 continue
             }
             let report = runDevice(link)
+            if report.hardwareID == nil && report.reason == "the device disconnected" {
+                // Closed before anything identified itself: a connection that came and went (a fixture
+                // re-seated, a simulator restarting), not a device to pass or fail.
+                reporter.note("link-closed", fixture: fixture.name, "the link closed before a device identified itself")
+                waitUntilRemoved(link)
+                link.close()
+                continue
+            }
             reporter.device(report)
             if !report.passed && settings.failCooldown > 0 { sleep(seconds: settings.failCooldown) }
             waitUntilRemoved(link)
