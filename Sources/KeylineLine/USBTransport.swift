@@ -81,13 +81,25 @@ public final class USBTransport: DeviceTransport, @unchecked Sendable {
         "bus \(libusb_get_bus_number(device)) address \(libusb_get_device_address(device))"
     }
 
+    /// Devices (as `bus N address M`) that hotplug reported gone: a link to one of them reads as closed.
+    var departed: Set<String> = []
+
+    func hasLeft(_ place: String) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return departed.contains(place)
+    }
+
     func hotplugEvent(_ device: OpaquePointer?, _ event: libusb_hotplug_event) {
         let arrived = event == LIBUSB_HOTPLUG_EVENT_DEVICE_ARRIVED
+        lock.lock()
         if arrived {
-            lock.lock()
             arrivals += 1
-            lock.unlock()
+            departed.remove(Self.where_(device))
+        } else {
+            departed.insert(Self.where_(device))
         }
+        lock.unlock()
         log?(
             String(format: "usb %04x:%04x ", vendorID, productID) + (arrived ? "arrived" : "left") + " on "
                 + Self.where_(device) + " (hotplug)")
@@ -163,7 +175,9 @@ public final class USBTransport: DeviceTransport, @unchecked Sendable {
                         "cannot claim interface \(interface) of \(description) on \(Self.where_(dev)): \(Self.errorName(c))"
                 )
             }
-            return USBLink(handle: handle, interface: interface, inEndpoint: inEP, outEndpoint: outEP)
+            return USBLink(
+                handle: handle, interface: interface, inEndpoint: inEP, outEndpoint: outEP, transport: self,
+                place: Self.where_(dev))
         }
         return nil
     }
@@ -206,7 +220,16 @@ final class USBLink: DeviceLink {
     let inEndpoint: UInt8
     let outEndpoint: UInt8
 
-    init(handle: OpaquePointer, interface: Int32, inEndpoint: UInt8, outEndpoint: UInt8) {
+    /// Where the device is (`bus N address M`), and who hears of its departure by hotplug.
+    let place: String
+    weak var transport: USBTransport?
+
+    init(
+        handle: OpaquePointer, interface: Int32, inEndpoint: UInt8, outEndpoint: UInt8, transport: USBTransport,
+        place: String
+    ) {
+        self.place = place
+        self.transport = transport
         self.handle = handle
         self.interface = interface
         self.inEndpoint = inEndpoint
@@ -230,7 +253,7 @@ final class USBLink: DeviceLink {
     }
 
     func read(timeout: Double) -> LinkRead {
-        guard let handle else { return .closed }
+        guard let handle, transport?.hasLeft(place) != true else { return .closed }
         var buffer = [UInt8](repeating: 0, count: 4096)
         var got: Int32 = 0
         let r = libusb_bulk_transfer(
