@@ -86,6 +86,7 @@ public struct DeviceSession: Sendable {
     var lastRequest: (frame: DeviceProtocol.Frame, timeout: Double)?
     var retries = 0
     var storeAttempts = 0
+    var lockedRefusal = false
     public private(set) var hardwareID: String?
     public private(set) var cn: String?
     public private(set) var issued: Issued?
@@ -144,9 +145,18 @@ public struct DeviceSession: Sendable {
             lastRequest = (DeviceProtocol.Frame(words: ["READBACK"]), config.responseTimeout)
             return [.send(lastRequest!.frame, timeout: config.responseTimeout)]
         }
-        guard retries < config.maxRetries else { return fail("\(reason), \(config.maxRetries + 1) tries") }
+        guard retries < config.maxRetries else {
+            // LOCK is best effort: the read-back already matched, so the device is delivered unlocked.
+            if phase == .locking { return deliver() }
+            return fail("\(reason), \(config.maxRetries + 1) tries")
+        }
         retries += 1
         return [.send(last.frame, timeout: last.timeout)]
+    }
+
+    /// A hardware id the station records and prints: 1-64 printable ASCII characters, no spaces.
+    public static func isAcceptableHardwareID(_ hw: String) -> Bool {
+        !hw.isEmpty && hw.utf8.count <= 64 && hw.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7F }
     }
 
     mutating func store() -> [Action] {
@@ -177,6 +187,9 @@ public struct DeviceSession: Sendable {
             guard Self.isOK(f, "IDENTIFY") else { return fail("IDENTIFY refused: \(Self.errorText(f) ?? "?")") }
             let fields = f.fields
             guard let hw = fields["hw"], !hw.isEmpty else { return fail("the device sent no hardware id") }
+            guard Self.isAcceptableHardwareID(hw) else {
+                return fail("the device's hardware id is not 1-64 printable characters without spaces")
+            }
             hardwareID = hw
             if config.acceptDeviceCN, let wanted = fields["cn"], !wanted.isEmpty {
                 cn = wanted
@@ -212,6 +225,11 @@ public struct DeviceSession: Sendable {
                 return request(.readingBack, ["READBACK"], timeout: config.responseTimeout)
             }
             if f.words.prefix(2) == ["ERR", "CHECKSUM"] { return store() }
+            if f.words.prefix(2) == ["ERR", "LOCKED"] {
+                // A locked device that returns: it may hold this very certificate already. Ask.
+                lockedRefusal = true
+                return request(.verifyingStore, ["READBACK"], timeout: config.responseTimeout)
+            }
             return fail("store refused: \(Self.errorText(f) ?? f.words.joined(separator: " "))")
         case .verifyingStore, .readingBack:
             guard Self.isOK(f, "READBACK"), let i = issued else {
@@ -221,7 +239,10 @@ public struct DeviceSession: Sendable {
             let matches =
                 fields["cert"]?.uppercased() == i.certificateSHA256
                 && fields["pubkey"]?.uppercased() == i.publicKeySHA256
-            if phase == .verifyingStore && !matches { return store() }  // it was not stored: send it again
+            if phase == .verifyingStore && !matches {
+                if lockedRefusal { return fail("the device is locked and holds another certificate") }
+                return store()  // it was not stored: send it again
+            }
             guard matches else {
                 return fail(
                     "read-back does not match: the device holds \(fields["cert"]?.prefix(16) ?? "nothing")…, issued \(i.certificateSHA256.prefix(16))…"

@@ -14,7 +14,11 @@ import KeylineCore
 /// and the fix, with ``KeylineError/Code/keyGuard`` (exit 77).
 public enum FileGuard {
     /// Checks `path` as a secret file; `what` names it in the message ("CA key", "passphrase file").
-    public static func checkSecretFile(_ path: String, what: String) throws {
+    ///
+    /// `allowGroupRead` is for systemd credentials only: systemd grants the service user read access to
+    /// `$CREDENTIALS_DIRECTORY/NAME` with a POSIX ACL, whose mask shows as the group read bit (mode 0440), inside a
+    /// directory only the service can enter.
+    public static func checkSecretFile(_ path: String, what: String, allowGroupRead: Bool = false) throws {
         var st = stat()
         guard lstat(path, &st) == 0 else {
             let err = errno
@@ -30,7 +34,7 @@ public enum FileGuard {
             throw KeylineError(.keyGuard, "\(what) \(path) is not a regular file")
         }
         let perms = st.st_mode & 0o777
-        if perms & 0o077 != 0 {
+        if perms & (allowGroupRead ? 0o037 : 0o077) != 0 {
             throw KeylineError(
                 .keyGuard,
                 "\(what) \(path) is readable or writable by group or others (mode 0\(String(perms, radix: 8))); fix: chmod 600 \(path)"
@@ -59,8 +63,8 @@ public enum FileGuard {
     }
 
     /// Reads a secret file after ``checkSecretFile(_:what:)`` accepted it.
-    public static func readSecretFile(_ path: String, what: String) throws -> [UInt8] {
-        try checkSecretFile(path, what: what)
+    public static func readSecretFile(_ path: String, what: String, allowGroupRead: Bool = false) throws -> [UInt8] {
+        try checkSecretFile(path, what: what, allowGroupRead: allowGroupRead)
         guard let data = FileManager.default.contents(atPath: path) else {
             throw KeylineError(.ioError, "\(what) \(path) cannot be read")
         }

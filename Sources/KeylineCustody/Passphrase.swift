@@ -67,7 +67,7 @@ public struct PassphraseSources: Sendable {
             for name in names {
                 let path = (dir as NSString).appendingPathComponent(name)
                 if FileManager.default.fileExists(atPath: path) {
-                    return try Self.read(path, what: "systemd credential")
+                    return try Self.read(path, what: "systemd credential", allowGroupRead: true)
                 }
             }
         }
@@ -81,8 +81,10 @@ public struct PassphraseSources: Sendable {
     }
 
     /// Reads a guarded passphrase file; strips one trailing newline.
-    public static func read(_ path: String, what: String = "passphrase file") throws -> Passphrase {
-        var bytes = try FileGuard.readSecretFile(path, what: what)
+    public static func read(
+        _ path: String, what: String = "passphrase file", allowGroupRead: Bool = false
+    ) throws -> Passphrase {
+        var bytes = try FileGuard.readSecretFile(path, what: what, allowGroupRead: allowGroupRead)
         if bytes.last == UInt8(ascii: "\n") { bytes.removeLast() }
         if bytes.last == UInt8(ascii: "\r") { bytes.removeLast() }
         guard !bytes.isEmpty else { throw KeylineError(.keyGuard, "\(what) \(path) is empty") }

@@ -103,24 +103,42 @@ public final class FixtureRunner: @unchecked Sendable {
                 // Closed before anything identified itself: a connection that came and went (a fixture
                 // re-seated, a simulator restarting), not a device to pass or fail.
                 reporter.note("link-closed", fixture: fixture.name, "the link closed before a device identified itself")
-                waitUntilRemoved(link)
+                waitUntilRemoved(link, hardwareID: nil)
                 link.close()
                 continue
             }
             reporter.device(report)
             if !report.passed && settings.failCooldown > 0 { sleep(seconds: settings.failCooldown) }
-            waitUntilRemoved(link)
+            waitUntilRemoved(link, hardwareID: report.hardwareID)
             link.close()
         }
     }
 
     func sleep(seconds: Double) { usleep(useconds_t(max(0, seconds) * 1_000_000)) }
 
-    /// After a device finished, it stays on the fixture until the operator takes it off (end of file, hang-up):
-    /// the same device is not provisioned again in a loop.
-    func waitUntilRemoved(_ link: DeviceLink) {
+    /// After a device finished, it stays on the fixture until the operator takes it off: the same device is not
+    /// provisioned again in a loop. Taken off is: the link closes (a CDC-ACM tty or a USB device disappears, a
+    /// socket ends), or, for a fixture whose USB-serial adapter stays plugged in, another device answers. To hear
+    /// that, the station sends IDENTIFY about once a second: the same hardware id means the device is still there,
+    /// silence means nothing is (or the same silent device), any other well-formed answer means a new device (one
+    /// that was not greeted answers `ERR STATE`).
+    func waitUntilRemoved(_ link: DeviceLink, hardwareID: String?) {
+        var decoder = DeviceProtocol.Decoder()
+        var nextProbe = Date().addingTimeInterval(1)
         while !stop.isSet {
-            if case .closed = link.read(timeout: 0.25) { return }
+            if hardwareID != nil && Date() >= nextProbe {
+                nextProbe = Date().addingTimeInterval(1)
+                do { try link.write(Array("IDENTIFY\n".utf8)) } catch { return }
+            }
+            switch link.read(timeout: 0.25) {
+            case .closed: return
+            case .timeout: continue
+            case .data(let bytes):
+                for case .success(let frame) in decoder.feed(bytes) {
+                    let same = frame.words.prefix(2) == ["OK", "IDENTIFY"] && frame.fields["hw"] == hardwareID
+                    if !same && hardwareID != nil { return }
+                }
+            }
         }
     }
 

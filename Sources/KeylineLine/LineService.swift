@@ -134,6 +134,20 @@ public actor LineService {
             }
         }
 
+        // The open work order for this profile, if any, and its quantity (checked before anything is revoked).
+        let order = try await WorkOrders.open(for: r.profile, in: ledger)
+        func checkWorkOrder() async throws {
+            guard let order else { return }
+            let count = try await WorkOrders.issuedCount(order.id, in: ledger)
+            guard count < order.quantity else {
+                try await issuer.refuse(
+                    .refused(
+                        "work-order",
+                        "work order '\(order.id)' is complete (\(count) of \(order.quantity) issued); open the next with 'keyline workorder open --profile \(r.profile) --quantity N'"
+                    ), cn: r.cn)
+            }
+        }
+
         var reissue = false
         if let latest = try await ledger.record(cn: r.cn) {
             if latest.state != .revoked {
@@ -159,13 +173,16 @@ public actor LineService {
                     try await issuer.refuse(
                         .refused(
                             "unique-cn",
-                            "CN '\(r.cn)' was already issued (ledger seq \(latest.seq), \(latest.state.rawValue)) and \(what); set allow_reissue = true in [profiles.\(r.profile)] or revoke it with 'keyline ledger revoke \(r.cn) --reason rework'"
+                            "CN '\(r.cn)' was already issued (ledger seq \(latest.seq), \(latest.state.rawValue)) and \(what); to give it a new certificate set allow_reissue = true in [profiles.\(r.profile)] (the old one is then revoked as superseded)"
                         ), cn: r.cn)
                 }
+                // The old certificate leaves the work order as the new one joins it: only a move between work
+                // orders needs a free place.
+                if latest.content.workOrder != order?.id { try await checkWorkOrder() }
                 if let e = takeTokens(r, issuer) { try await issuer.refuse(e, cn: r.cn) }
                 _ = try await Revocation.revoke(
                     station: station, cn: r.cn, reason: .superseded,
-                    note: "hardware id \(r.hardwareID) returned on fixture \(r.fixture) with a new key",
+                    note: "hardware id \(r.hardwareID.prefix(64)) returned on fixture \(r.fixture) with a new key",
                     operatorName: issuer.operatorName, at: now())
                 reissue = true
             } else {
@@ -176,24 +193,13 @@ public actor LineService {
                             "CN '\(r.cn)' was revoked (ledger seq \(latest.seq)); set allow_reissue = true in [profiles.\(r.profile)] to issue a reworked device again"
                         ), cn: r.cn)
                 }
+                try await checkWorkOrder()
                 if let e = takeTokens(r, issuer) { try await issuer.refuse(e, cn: r.cn) }
                 reissue = true
             }
         } else {
+            try await checkWorkOrder()
             if let e = takeTokens(r, issuer) { try await issuer.refuse(e, cn: r.cn) }
-        }
-
-        // The open work order for this profile, if any, and its quantity.
-        let order = try await WorkOrders.open(for: r.profile, in: ledger)
-        if let order {
-            let count = try await WorkOrders.issuedCount(order.id, in: ledger)
-            guard count < order.quantity else {
-                try await issuer.refuse(
-                    .refused(
-                        "work-order",
-                        "work order '\(order.id)' is complete (\(count) of \(order.quantity) issued); open the next with 'keyline workorder open --profile \(r.profile) --quantity N'"
-                    ), cn: r.cn)
-            }
         }
 
         var keyPEM = ""

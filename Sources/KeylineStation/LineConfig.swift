@@ -68,7 +68,12 @@ public struct FixtureConfig: Sendable, Equatable {
             if address.hasPrefix("unix:"), address.count > 5 {
                 transport = .socket(
                     address: "unix:" + StationConfig.resolve(String(address.dropFirst(5)), in: directory))
-            } else if address.hasPrefix("tcp:"), Self.tcpHostPort(address) != nil {
+            } else if address.hasPrefix("tcp:"), let (host, _) = Self.tcpHostPort(address) {
+                var probe = in_addr()
+                guard host == "localhost" || inet_pton(AF_INET, host, &probe) == 1 else {
+                    throw KeylineError(
+                        .configuration, "\(table) address '\(address)': the host must be an IPv4 address or localhost")
+                }
                 transport = .socket(address: address)
             } else {
                 throw KeylineError(

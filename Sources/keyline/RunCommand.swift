@@ -20,8 +20,8 @@ struct RunCommand: AsyncParsableCommand {
             protocol; docs/line.md the operator's guide.
 
             The console shows one line per device, PASS or FAIL first:
-              PASS  fx-1     SN-000042            HW-0042            0.84s
-              FAIL  fx-2     SN-000043            HW-0043            5.02s  read-back does not match ...
+              PASS  fx-1     SN-HW-0042           HW-0042            0.84s
+              FAIL  fx-2     SN-HW-0043           HW-0043            5.02s  read-back does not match ...
             and ALARM lines (refusals spiking, a fixture that cannot be opened). JSON lines for the MES go to \
             [daemon] log in station.toml (default run/devices.jsonl in the station directory).
 

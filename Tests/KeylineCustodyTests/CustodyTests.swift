@@ -218,6 +218,22 @@ struct PassphraseSourceTests {
         #expect(try credential.resolve(for: "k").bytes == Array("three".utf8))
     }
 
+    @Test("a systemd credential may be group-readable (systemd's ACL mask, mode 0440); a passphrase file may not")
+    func credentialACLMode() throws {
+        let dir = try tempDir()
+        try writeFile("\(dir)/\(PassphraseSources.credentialName)", "acl", mode: 0o440)
+        #expect(try PassphraseSources(credentialsDirectory: dir).resolve(for: "k").bytes == Array("acl".utf8))
+        try writeFile("\(dir)/configured", "two\n", mode: 0o440)
+        #expect(throws: KeylineError.self) {
+            try PassphraseSources(configuredFile: "\(dir)/configured").resolve(for: "k")
+        }
+        // Group-writable or world-readable stays refused even for a credential.
+        try writeFile("\(dir)/\(PassphraseSources.credentialName)", "acl", mode: 0o444)
+        #expect(throws: KeylineError.self) { try PassphraseSources(credentialsDirectory: dir).resolve(for: "k") }
+        try writeFile("\(dir)/\(PassphraseSources.credentialName)", "acl", mode: 0o460)
+        #expect(throws: KeylineError.self) { try PassphraseSources(credentialsDirectory: dir).resolve(for: "k") }
+    }
+
     @Test("a CA's own systemd credential wins over the shared one")
     func perCACredential() throws {
         let dir = try tempDir()

@@ -213,6 +213,80 @@ struct DeviceSessionTests {
                 == .fail(cn: nil, seq: nil, reason: "no CN for hardware id 'HW1'"))
     }
 
+    @Test("a locked device that already holds the certificate is delivered; one holding another fails")
+    func lockedReturning() throws {
+        func session() -> (DeviceSession, DeviceSession.Issued) {
+            var s = DeviceSession(config: fromHardwareID)
+            _ = s.handle(.start)
+            _ = s.handle(.frame(.init(words: ["OK", "HELLO", "keyline/1"])))
+            _ = s.handle(.frame(.init(words: ["OK", "IDENTIFY", "hw=HW1", "keygen=yes"])))
+            _ = s.handle(.frame(.init(words: ["OK", "CSR"], payload: Array("csr".utf8))))
+            let issued = DeviceSession.Issued(
+                seq: 4, certificateSHA256: String(repeating: "C", count: 64),
+                publicKeySHA256: String(repeating: "D", count: 64), payload: Array("pem".utf8), stationMadeKey: false)
+            _ = s.handle(.issued(issued))
+            return (s, issued)
+        }
+        var (s, issued) = session()
+        #expect(
+            s.handle(.frame(.init(words: ["ERR", "LOCKED", "x"]))) == [.send(.init(words: ["READBACK"]), timeout: 5)])
+        #expect(
+            s.handle(
+                .frame(
+                    .init(words: [
+                        "OK", "READBACK", "cert=" + issued.certificateSHA256, "pubkey=" + issued.publicKeySHA256,
+                    ])))
+                == [.markDelivered(seq: 4), .finish(.pass(cn: "SN-HW1", seq: 4))])
+        (s, issued) = session()
+        _ = s.handle(.frame(.init(words: ["ERR", "LOCKED", "x"])))
+        #expect(
+            s.handle(.frame(.init(words: ["OK", "READBACK", "cert=" + String(repeating: "E", count: 64), "pubkey=x"])))
+                == [.finish(.fail(cn: "SN-HW1", seq: 4, reason: "the device is locked and holds another certificate"))])
+    }
+
+    @Test("LOCK is best effort: no answer to it still delivers the confirmed device")
+    func lockTimeout() throws {
+        var config = fromHardwareID
+        config.lock = true
+        config.maxRetries = 0
+        var s = DeviceSession(config: config)
+        _ = s.handle(.start)
+        _ = s.handle(.frame(.init(words: ["OK", "HELLO", "keyline/1"])))
+        _ = s.handle(.frame(.init(words: ["OK", "IDENTIFY", "hw=HW1", "keygen=yes"])))
+        _ = s.handle(.frame(.init(words: ["OK", "CSR"], payload: Array("csr".utf8))))
+        let issued = DeviceSession.Issued(
+            seq: 5, certificateSHA256: String(repeating: "C", count: 64),
+            publicKeySHA256: String(repeating: "D", count: 64), payload: Array("pem".utf8), stationMadeKey: false)
+        _ = s.handle(.issued(issued))
+        _ = s.handle(.frame(.init(words: ["OK", "STORED"])))
+        #expect(
+            s.handle(
+                .frame(
+                    .init(words: [
+                        "OK", "READBACK", "cert=" + issued.certificateSHA256, "pubkey=" + issued.publicKeySHA256,
+                    ])))
+                == [.send(.init(words: ["LOCK"]), timeout: 5)])
+        #expect(s.handle(.timeout) == [.markDelivered(seq: 5), .finish(.pass(cn: "SN-HW1", seq: 5))])
+    }
+
+    @Test("a hardware id with spaces or control characters (after percent-decoding) is refused before anything")
+    func badHardwareID() {
+        for hw in ["HW%201", "HW%0A1", String(repeating: "A", count: 65)] {
+            var s = DeviceSession(config: fromHardwareID)
+            _ = s.handle(.start)
+            _ = s.handle(.frame(.init(words: ["OK", "HELLO", "keyline/1"])))
+            let out = s.handle(.frame(.init(words: ["OK", "IDENTIFY", "hw=" + hw, "keygen=yes"])))
+            #expect(
+                out == [
+                    .finish(
+                        .fail(
+                            cn: nil, seq: nil,
+                            reason: "the device's hardware id is not 1-64 printable characters without spaces"))
+                ],
+                "\(hw)")
+        }
+    }
+
     @Test("a store answered with ERR CHECKSUM is sent again; a timeout on store asks READBACK before resending")
     func storeRetries() {
         var s = DeviceSession(config: fromHardwareID)

@@ -432,3 +432,31 @@ def test_demo_is_the_main_job(keyline_bin, short_dir: Path):
                         "--devsim", str(DEVSIM)], capture_output=True, timeout=120)
     assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
     assert "DEMO-2-0001" in r.stdout.decode()
+
+
+def test_station_example_toml_is_accepted(station: Station):
+    """Station/station.example.toml, with its fixtures and [daemon] keys uncommented, is what the parser accepts."""
+    text = (REPO / "Station" / "station.example.toml").read_text()
+    import re
+    # Uncomment the example fixture and daemon keys (lines like '# key = value' inside those sections).
+    lines, out, section = text.splitlines(), [], ""
+    for line in lines:
+        m = re.match(r"^#\s*(\[(fixtures\.[^\]]+|daemon)\])\s*$", line)
+        if m:
+            section = m.group(1)
+            out.append(m.group(1))
+            continue
+        if line.startswith("["):
+            section = line
+        if (section.startswith("[fixtures") or section == "[daemon]") and re.match(r"^#\s*[a-z_]+\s*=", line):
+            line = re.sub(r"^#\s*", "", line)
+        out.append(line)
+    (station.path / "templates").mkdir(exist_ok=True)
+    (station.path / "templates" / "description.mustache").write_text(
+        (REPO / "Templates" / "description.mustache").read_text())
+    station.toml_path.write_text("\n".join(out) + "\n")
+    cfg = station.config()
+    assert {"fx-1", "fx-2", "usb-1"} <= set(cfg.get("fixtures", {})), cfg.get("fixtures")
+    assert cfg.get("daemon"), "the [daemon] keys were uncommented"
+    r = station.run("profile", "list")
+    assert_exit(r, EXIT_OK)
