@@ -277,8 +277,11 @@ def test_line_end_to_end(station: Station, short_dir: Path):
     assert verified == 16
     # Exactly the devices that reached issuance have records: the 16 good ones and the 4 that failed after it.
     assert len(recs) == 20
-    failed_events = station.events("failed")
-    assert len(failed_events) == 4
+    # A device that drops its link on a socket fixture may be tried again before it is taken off (a socket cannot
+    # tell a drop from a re-seat), so count the devices the failed events name, not the events.
+    failed_cns = {e[3] for e in station.events("failed")}
+    assert failed_cns == {d.cn for d in plan if not d.good and d.cn in by_cn}
+    assert len(failed_cns) == 4
     assert_exit(station.run("ledger", "verify"), EXIT_OK)
     # The refusal left its trace: an event, no record.
     assert any("cn-pattern" in e[4] for e in station.events("refused"))
