@@ -213,20 +213,23 @@ struct DeviceSessionTests {
                 == .fail(cn: nil, seq: nil, reason: "no CN for hardware id 'HW1'"))
     }
 
+    /// A session of a device that made its key, brought to the point where its certificate is being stored.
+    func storingSession(_ config: DeviceSession.Config, seq: Int64) -> (DeviceSession, DeviceSession.Issued) {
+        var s = DeviceSession(config: config)
+        _ = s.handle(.start)
+        _ = s.handle(.frame(.init(words: ["OK", "HELLO", "keyline/1"])))
+        _ = s.handle(.frame(.init(words: ["OK", "IDENTIFY", "hw=HW1", "keygen=yes"])))
+        _ = s.handle(.frame(.init(words: ["OK", "CSR"], payload: Array("csr".utf8))))
+        let issued = DeviceSession.Issued(
+            seq: seq, certificateSHA256: String(repeating: "C", count: 64),
+            publicKeySHA256: String(repeating: "D", count: 64), payload: Array("pem".utf8), stationMadeKey: false)
+        _ = s.handle(.issued(issued))
+        return (s, issued)
+    }
+
     @Test("a locked device that already holds the certificate is delivered; one holding another fails")
     func lockedReturning() throws {
-        func session() -> (DeviceSession, DeviceSession.Issued) {
-            var s = DeviceSession(config: fromHardwareID)
-            _ = s.handle(.start)
-            _ = s.handle(.frame(.init(words: ["OK", "HELLO", "keyline/1"])))
-            _ = s.handle(.frame(.init(words: ["OK", "IDENTIFY", "hw=HW1", "keygen=yes"])))
-            _ = s.handle(.frame(.init(words: ["OK", "CSR"], payload: Array("csr".utf8))))
-            let issued = DeviceSession.Issued(
-                seq: 4, certificateSHA256: String(repeating: "C", count: 64),
-                publicKeySHA256: String(repeating: "D", count: 64), payload: Array("pem".utf8), stationMadeKey: false)
-            _ = s.handle(.issued(issued))
-            return (s, issued)
-        }
+        func session() -> (DeviceSession, DeviceSession.Issued) { storingSession(fromHardwareID, seq: 4) }
         var (s, issued) = session()
         #expect(
             s.handle(.frame(.init(words: ["ERR", "LOCKED", "x"]))) == [.send(.init(words: ["READBACK"]), timeout: 5)])
@@ -249,15 +252,7 @@ struct DeviceSessionTests {
         var config = fromHardwareID
         config.lock = true
         config.maxRetries = 0
-        var s = DeviceSession(config: config)
-        _ = s.handle(.start)
-        _ = s.handle(.frame(.init(words: ["OK", "HELLO", "keyline/1"])))
-        _ = s.handle(.frame(.init(words: ["OK", "IDENTIFY", "hw=HW1", "keygen=yes"])))
-        _ = s.handle(.frame(.init(words: ["OK", "CSR"], payload: Array("csr".utf8))))
-        let issued = DeviceSession.Issued(
-            seq: 5, certificateSHA256: String(repeating: "C", count: 64),
-            publicKeySHA256: String(repeating: "D", count: 64), payload: Array("pem".utf8), stationMadeKey: false)
-        _ = s.handle(.issued(issued))
+        var (s, issued) = storingSession(config, seq: 5)
         _ = s.handle(.frame(.init(words: ["OK", "STORED"])))
         #expect(
             s.handle(
