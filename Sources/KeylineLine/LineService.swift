@@ -53,8 +53,8 @@ public struct DeviceRequest: Sendable {
 }
 
 /// The station's side of the line: policy, rate limits, work orders and idempotent re-delivery, then reserve →
-/// sign → commit through the ledger. One actor serves every fixture, so a work order's count and the rate limits
-/// hold across them.
+/// sign → commit through the ledger. One actor serves every fixture and lets one device at a time through
+/// issuance, so a work order's count and the rate limits hold across them.
 public actor LineService {
     public enum IssueResult: Sendable, Equatable {
         case issued(DeviceSession.Issued, workOrder: String?)
@@ -69,6 +69,10 @@ public actor LineService {
     var stationBucket: TokenBucket?
     var profileBuckets: [String: TokenBucket] = [:]
     var refusals: [Date] = []
+    /// Work orders, refreshed from the events appended since the last device.
+    var workOrders = WorkOrderBook()
+    /// Each profile's CA chain as PEM, sent after every certificate (made once).
+    var chains: [String: String] = [:]
     var lastAlarm: Date?
     let now: @Sendable () -> Date
     /// Called with the text of an ALARM line when refusals spike.
@@ -94,10 +98,32 @@ public actor LineService {
 
     var ledger: any Ledger { station.ledger }
 
+    /// Who the daemon's events name: the operator every issuer was opened with.
+    var operatorName: String { issuers.values.first?.operatorName ?? "keyline" }
+
+    var issuing = false
+    var waiting: [CheckedContinuation<Void, Never>] = []
+
+    func enter() async {
+        guard issuing else {
+            issuing = true
+            return
+        }
+        await withCheckedContinuation { waiting.append($0) }
+    }
+
+    func leave() {
+        if waiting.isEmpty { issuing = false } else { waiting.removeFirst().resume() }
+    }
+
     /// Issues (or finds again) the certificate for one device. Every refusal leaves a `refused` event and counts
     /// toward the alarm.
     public func issue(_ r: DeviceRequest) async -> IssueResult {
         guard let issuer = issuers[r.profile] else { return .refused("no issuer for profile '\(r.profile)'") }
+        // One device at a time from check to commit: the actor alone would interleave two fixtures at every await,
+        // and both could take a work order's last place.
+        await enter()
+        defer { leave() }
         do {
             return try await issue(r, issuer)
         } catch let e as KeylineError {
@@ -135,7 +161,10 @@ public actor LineService {
         }
 
         // The open work order for this profile, if any, and its quantity (checked before anything is revoked).
-        let order = try await WorkOrders.open(for: r.profile, in: ledger)
+        var book = workOrders
+        try await book.refresh(from: ledger)
+        workOrders = book
+        let order = book.open(for: r.profile)
         func checkWorkOrder() async throws {
             guard let order else { return }
             let count = try await WorkOrders.issuedCount(order.id, in: ledger)
@@ -214,7 +243,7 @@ public actor LineService {
         let issued = try await issuer.issue(
             cn: r.cn, publicKey: publicKey!, origin: r.csrPEM == nil ? .station : .device, hardwareID: r.hardwareID,
             workOrder: order?.id, reissue: reissue)
-        let payload = Array((keyPEM + issued.pem + (try issuer.chainPEM)).utf8)
+        let payload = Array((keyPEM + issued.pem + (try chain(issuer))).utf8)
         return .issued(
             DeviceSession.Issued(
                 seq: issued.record.seq, certificateSHA256: issued.record.content.certificateFingerprint,
@@ -227,8 +256,15 @@ public actor LineService {
         let pem = PEMDocument(type: "CERTIFICATE", derBytes: record.content.certificateDER).pemString + "\n"
         return DeviceSession.Issued(
             seq: record.seq, certificateSHA256: record.content.certificateFingerprint,
-            publicKeySHA256: record.content.publicKeySHA256, payload: Array((pem + (try issuer.chainPEM)).utf8),
+            publicKeySHA256: record.content.publicKeySHA256, payload: Array((pem + (try chain(issuer))).utf8),
             stationMadeKey: false)
+    }
+
+    func chain(_ issuer: Issuer) throws -> String {
+        if let known = chains[issuer.profile.name] { return known }
+        let made = try issuer.chainPEM
+        chains[issuer.profile.name] = made
+        return made
     }
 
     /// Takes a token from the station's and the profile's buckets, or refuses with the time to wait.
@@ -276,7 +312,6 @@ public actor LineService {
         defer { journal.end(fixture: fixture) }
         let detail = "read-back matched on fixture \(fixture) (hardware id \(hardwareID))"
         guard let record = try await ledger.record(seq: seq) else { return }
-        let operatorName = issuers.values.first?.operatorName ?? "keyline"
         let event = EventContent(
             kind: .delivered, recordSeq: seq, cn: record.content.cn,
             detail: record.state == .delivered ? "delivered again: " + detail : detail,
@@ -293,7 +328,6 @@ public actor LineService {
     public func failed(seq: Int64?, fixture: String, reason: String) async {
         defer { journal.end(fixture: fixture) }
         guard let seq, let record = try? await ledger.record(seq: seq) else { return }
-        let operatorName = issuers.values.first?.operatorName ?? "keyline"
         let event = EventContent(
             kind: .failed, recordSeq: seq, cn: record.content.cn, detail: "fixture \(fixture): \(reason)",
             stationID: station.config.stationID, operatorName: operatorName, at: now())
@@ -327,7 +361,7 @@ public actor LineService {
                 recordSeq: record.seq, to: .failed,
                 event: EventContent(
                     kind: .failed, recordSeq: record.seq, cn: entry.cn, detail: "fixture \(entry.fixture): \(reason)",
-                    stationID: station.config.stationID, operatorName: issuers.values.first?.operatorName ?? "keyline",
+                    stationID: station.config.stationID, operatorName: operatorName,
                     at: now()))
             lines.append("fixture \(entry.fixture): \(entry.cn) (ledger seq \(record.seq)) marked failed: \(reason)")
         }

@@ -23,9 +23,6 @@ public final class USBTransport: DeviceTransport, @unchecked Sendable {
 
     public var description: String { String(format: "usb %04x:%04x interface %d", vendorID, productID, interface) }
 
-    /// Whether this libusb reports hotplug events here.
-    public var usesHotplug: Bool { hotplug }
-
     public init(vendorID: UInt16, productID: UInt16, interface: Int) throws {
         self.vendorID = vendorID
         self.productID = productID
@@ -117,21 +114,6 @@ public final class USBTransport: DeviceTransport, @unchecked Sendable {
             return true
         }
         return false
-    }
-
-    /// The matching devices present now, as `bus N address M` (for diagnostics and tests).
-    public func matching() -> [String] {
-        var list: UnsafeMutablePointer<OpaquePointer?>?
-        let n = libusb_get_device_list(context, &list)
-        guard n >= 0, let list else { return [] }
-        defer { libusb_free_device_list(list, 1) }
-        return (0..<n).compactMap { i in
-            let dev = list[i]
-            var d = libusb_device_descriptor()
-            guard libusb_get_device_descriptor(dev, &d) == 0, d.idVendor == vendorID, d.idProduct == productID
-            else { return nil }
-            return Self.where_(dev)
-        }
     }
 
     public func open() throws -> DeviceLink? {

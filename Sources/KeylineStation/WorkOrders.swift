@@ -39,29 +39,9 @@ public enum WorkOrders {
 
     /// Every work order, in the order they were opened.
     public static func all(_ ledger: any Ledger) async throws -> [WorkOrder] {
-        var orders: [WorkOrder] = []
-        var index: [String: Int] = [:]
-        try await ledger.forEachEvent(kinds: [.workOrderOpened, .workOrderClosed], afterSeq: 0) { e in
-            guard let data = e.content.detail.data(using: .utf8),
-                let d = try? JSONDecoder().decode(OpenedDetail.self, from: data)
-            else { return }
-            if e.content.kind == .workOrderOpened {
-                index[d.id] = orders.count
-                orders.append(
-                    WorkOrder(
-                        id: d.id, profile: d.profile, quantity: d.quantity, openedAt: e.content.at,
-                        openedBy: e.content.operatorName))
-            } else if let i = index[d.id] {
-                orders[i].closedAt = e.content.at
-                orders[i].closedBy = e.content.operatorName
-            }
-        }
-        return orders
-    }
-
-    /// The open work order for `profile`, if any.
-    public static func open(for profile: String, in ledger: any Ledger) async throws -> WorkOrder? {
-        try await all(ledger).last { $0.isOpen && $0.profile == profile }
+        var book = WorkOrderBook()
+        try await book.refresh(from: ledger)
+        return book.orders
     }
 
     /// How many certificates count against a work order: those issued under it and not revoked (a scrapped
@@ -139,5 +119,44 @@ public enum WorkOrders {
         var n = 1
         while taken.contains(day + String(n)) { n += 1 }
         return day + String(n)
+    }
+}
+
+/// The work orders as the ledger's events say, read incrementally: each ``refresh(from:)`` reads only the events
+/// appended since the last, so the daemon can look before every device without scanning the whole trail.
+public struct WorkOrderBook: Sendable {
+    public private(set) var orders: [WorkOrder] = []
+    var index: [String: Int] = [:]
+    var lastEventSeq: Int64 = 0
+
+    public init() {}
+
+    /// The open work order for `profile`, if any.
+    public func open(for profile: String) -> WorkOrder? { orders.last { $0.isOpen && $0.profile == profile } }
+
+    public mutating func refresh(from ledger: any Ledger) async throws {
+        let head = try await ledger.heads().eventsSeq
+        var fresh: [LedgerEvent] = []
+        try await ledger.forEachEvent(kinds: [.workOrderOpened, .workOrderClosed], afterSeq: lastEventSeq) {
+            fresh.append($0)
+        }
+        for e in fresh { apply(e) }
+        lastEventSeq = max(head, fresh.last?.seq ?? 0)
+    }
+
+    mutating func apply(_ e: LedgerEvent) {
+        guard let data = e.content.detail.data(using: .utf8),
+            let d = try? JSONDecoder().decode(WorkOrders.OpenedDetail.self, from: data)
+        else { return }
+        if e.content.kind == .workOrderOpened {
+            index[d.id] = orders.count
+            orders.append(
+                WorkOrder(
+                    id: d.id, profile: d.profile, quantity: d.quantity, openedAt: e.content.at,
+                    openedBy: e.content.operatorName))
+        } else if let i = index[d.id] {
+            orders[i].closedAt = e.content.at
+            orders[i].closedBy = e.content.operatorName
+        }
     }
 }

@@ -55,14 +55,12 @@ final class LineFixture: @unchecked Sendable {
             profile: "line", passphraseFile: nil, operatorName: "tester", credentialsDirectory: nil)
         let clock = Clock()
         self.clock = clock
-        var collected: LineFixture?
-        let box = ResultBox<LineFixture>()
+        let box = ResultBox<LineFixture>()  // the alarm closure reaches the fixture once it exists
         service = LineService(
             station: station, issuers: ["line": issuer],
             journal: try InflightJournal(directory: "\(dir)/run/inflight"), now: { clock.read() }
         ) { text in box.value?.noteAlarm(text) }
-        collected = self
-        box.value = collected
+        box.value = self
     }
 
     func noteAlarm(_ text: String) {
@@ -241,6 +239,20 @@ struct LineServiceTests {
         await #expect(throws: KeylineError.self) {
             try await WorkOrders.open(station: f.station, id: "WO-7", profile: "line", quantity: 1, operatorName: "x")
         }
+    }
+
+    @Test("fixtures asking at once cannot overrun a work order: the last place goes to one device")
+    func workOrderConcurrent() async throws {
+        let f = try await LineFixture()
+        _ = try await WorkOrders.open(station: f.station, id: "WO-C", profile: "line", quantity: 3, operatorName: "x")
+        let requests = try (0..<8).map { try f.request("C\($0)", key: nil, fixture: "fx-\($0)") }
+        let results = await withTaskGroup(of: LineService.IssueResult.self) { group in
+            for r in requests { group.addTask { await f.service.issue(r) } }
+            return await group.reduce(into: []) { $0.append($1) }
+        }
+        #expect(results.filter { f.issued($0) != nil }.count == 3)
+        #expect(results.compactMap { f.refusal($0) }.filter { $0.hasPrefix("work-order:") }.count == 5)
+        #expect(try await WorkOrders.issuedCount("WO-C", in: f.station.ledger) == 3)
     }
 
     @Test(
