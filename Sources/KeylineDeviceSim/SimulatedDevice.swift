@@ -47,6 +47,8 @@ public final class SimulatedDevice {
     private var storedPEM: [UInt8]?
     private var storedKeyPEM: [UInt8]?
     private var greeted = false
+    /// Set once the device answered READBACK with a stored certificate: what a station reads last before PASS.
+    public private(set) var readBackStored = false
     private var locked = false
 
     public init(
@@ -143,6 +145,7 @@ public final class SimulatedDevice {
             var certHash = Hex.sha256(der)
             if behaviour.wrongReadback { certHash = String(certHash.reversed()) }
             let spki = CertificateFactory.spkiDER(cert.publicKey)
+            readBackStored = true
             return [line("OK READBACK cert=\(certHash) pubkey=\(Hex.sha256(spki))")]
         case "LOCK":
             locked = true

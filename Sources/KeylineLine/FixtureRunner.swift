@@ -151,6 +151,7 @@ public final class FixtureRunner: @unchecked Sendable {
         var deadline = Date()
         var workOrder: String?
         var seqInFlight: Int64?
+        var waited = 0.0  // seconds spent waiting for the device's answers
         let fixtureName = fixture.name
         let service = service
 
@@ -159,6 +160,7 @@ public final class FixtureRunner: @unchecked Sendable {
                 at: Date(), fixture: fixtureName, result: "pass", cn: machine.cn, hardwareID: machine.hardwareID,
                 seq: nil, seconds: Date().timeIntervalSince(started), reason: nil, profile: fixture.profile,
                 workOrder: workOrder, stationID: service.station.config.stationID)
+            r.stationSeconds = max(0, r.seconds - waited)
             switch outcome {
             case .pass(let cn, let seq):
                 r.cn = cn
@@ -230,7 +232,10 @@ public final class FixtureRunner: @unchecked Sendable {
                 queue += machine.handle(.timeout)
                 continue
             }
-            switch link.read(timeout: remaining) {
+            let waitStart = Date()
+            let read = link.read(timeout: remaining)
+            waited += Date().timeIntervalSince(waitStart)
+            switch read {
             case .timeout:
                 queue += machine.handle(.timeout)
             case .closed:

@@ -13,6 +13,9 @@ public struct DeviceReport: Sendable, Equatable, Encodable {
     public var hardwareID: String?
     public var seq: Int64?
     public var seconds: Double
+    /// The station's own share of `seconds`: everything but waiting for the device's answers (policy, signing,
+    /// ledger commits, writing to the link).
+    public var stationSeconds: Double?
     public var reason: String?
     public var profile: String
     public var workOrder: String?
@@ -24,6 +27,7 @@ public struct DeviceReport: Sendable, Equatable, Encodable {
         case at, event, fixture, result, cn, seq, seconds, reason, profile
         case hardwareID = "hardware_id"
         case workOrder = "work_order"
+        case stationSeconds = "station_seconds"
         case stationID = "station_id"
     }
 }

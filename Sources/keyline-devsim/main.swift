@@ -51,9 +51,16 @@ struct DeviceSim: ParsableCommand {
     @Option(name: .long, help: "Misbehave: ask for this CN in IDENTIFY.") var requestCn: String?
     @Flag(name: .long, help: "A device that cannot make keys (the station must send one).") var noKeygen = false
     @Option(name: .long, help: "Wait this many milliseconds before each answer.") var delayMs = 0
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "With --listen: be N devices in turn (hardware ids ID-0001 ... ID-N, keys in memory), each leaving once its certificate was read back; then exit.",
+            valueName: "N"))
+    var count: Int?
 
     func validate() throws {
         if (listen == nil) == !pty { throw ValidationError("give exactly one of --listen ADDRESS and --pty") }
+        if let count, count < 1 || listen == nil { throw ValidationError("--count N needs --listen and N >= 1") }
     }
 
     func run() throws {
@@ -80,6 +87,23 @@ struct DeviceSim: ParsableCommand {
             }
         }
         let server = try listenSocket(listen!)
+        if let count {
+            // A line of devices: each is served until the station read back its certificate, then leaves.
+            for i in 1...count {
+                let d = SimulatedDevice(
+                    hardwareID: hardwareId + String(format: "-%04d", i), model: model, firmware: firmware,
+                    directory: nil, behaviour: b)
+                var done = false
+                while !done {
+                    let client = accept(server, nil, nil)
+                    if client < 0 { continue }
+                    _ = serve(d, fd: client, until: { d.readBackStored })
+                    close(client)
+                    done = d.readBackStored
+                }
+            }
+            return
+        }
         while true {
             let client = accept(server, nil, nil)
             if client < 0 { continue }
@@ -91,7 +115,7 @@ struct DeviceSim: ParsableCommand {
     enum Ending { case closed, disconnect }
 
     /// Reads requests from `fd` and writes answers until the peer closes or the device drops the connection.
-    func serve(_ device: SimulatedDevice, fd: Int32) -> Ending {
+    func serve(_ device: SimulatedDevice, fd: Int32, until finished: () -> Bool = { false }) -> Ending {
         var buffer = [UInt8](repeating: 0, count: 4096)
         while true {
             let n = read(fd, &buffer, buffer.count)
@@ -113,6 +137,7 @@ struct DeviceSim: ParsableCommand {
                     }
                 }
             }
+            if finished() { return .closed }
         }
     }
 

@@ -287,7 +287,11 @@ def test_line_end_to_end(station: Station, short_dir: Path):
     assert any("cn-pattern" in e[4] for e in station.events("refused"))
     # The JSON log is what the MES reads: every device line carries these fields.
     for o in outcome.values():
-        assert {"at", "fixture", "result", "seconds", "station_id", "profile"} <= o.keys()
+        assert {"at", "fixture", "result", "seconds", "station_seconds", "station_id", "profile"} <= o.keys()
+        assert 0 <= o["station_seconds"] <= o["seconds"]
+    # The slow device's 300 ms answers are its own time, not the station's.
+    slow = outcome["HW-0021"]
+    assert slow["seconds"] - slow["station_seconds"] >= 1.5, slow
 
 
 def test_sigkill_at_many_points_leaves_the_ledger_consistent(station: Station, short_dir: Path):
@@ -463,3 +467,24 @@ def test_station_example_toml_is_accepted(station: Station):
     assert cfg.get("daemon"), "the [daemon] keys were uncommented"
     r = station.run("profile", "list")
     assert_exit(r, EXIT_OK)
+
+
+def test_devsim_count_is_a_line_of_devices_on_one_socket(station: Station, short_dir: Path):
+    """keyline-devsim --count N (the benchmark's line) is N devices in turn, each leaving after its read-back."""
+    sock = short_dir / "c"
+    configure_line(station, {"fx": f'transport = "socket"\naddress = "unix:{sock}"'})
+    sim = subprocess.Popen([str(DEVSIM), "--hardware-id", "CNT", "--count", "3", "--listen", f"unix:{sock}"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sim.stdout.readline()
+    d = start_daemon(station)
+    try:
+        assert sim.wait(timeout=60) == 0, sim.stderr.read().decode()
+        deadline = time.time() + 10
+        while len(d.devices()) < 3 and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        code, _, err = d.stop()
+    assert code == 0, err
+    assert [(x["hardware_id"], x["result"]) for x in d.devices()] == [
+        ("CNT-0001", "pass"), ("CNT-0002", "pass"), ("CNT-0003", "pass")]
+    assert [r["state"] for r in records(station)] == ["delivered"] * 3
