@@ -23,6 +23,7 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/swift-mustache.git", from: "2.1.1"),
         .package(url: "https://github.com/yaslab/CSV.swift.git", from: "2.5.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         // libcrypto (OpenSSL 3, from libssl-dev) for opening the key files openssl writes.
@@ -53,12 +54,14 @@ let package = Package(
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
             ]
         ),
-        // The ledger seam, the in-memory ledger and the SQLite (GRDB) ledger.
+        // The ledger seam, the in-memory ledger, the SQLite (GRDB) ledger and the PostgreSQL (postgres-nio) ledger.
         .target(
             name: "KeylineLedger",
             dependencies: [
                 "KeylineCore",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
@@ -163,7 +166,10 @@ let package = Package(
         ),
         .testTarget(
             name: "KeylineLedgerTests",
-            dependencies: ["KeylineLedger", "KeylineCore", .product(name: "GRDB", package: "GRDB.swift")]
+            dependencies: [
+                "KeylineLedger", "KeylineCore", .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+            ]
         ),
         .testTarget(
             name: "KeylineStationTests",

@@ -11,11 +11,15 @@ import ServiceLifecycle
 struct FixturesService: Service, CustomStringConvertible {
     let runners: [FixtureRunner]
     let stop: StopFlag
+    /// Called once the service runs: the group traps SIGTERM and SIGINT before it starts services, so whoever
+    /// waits for this announcement may stop the daemon gracefully from then on.
+    let started: @Sendable () -> Void
 
     var description: String { "fixtures \(runners.map(\.fixture.name).joined(separator: ", "))" }
 
     func run() async throws {
         let runners = runners
+        started()
         await withGracefulShutdownHandler {
             await withTaskGroup(of: Void.self) { group in
                 for runner in runners {
@@ -121,14 +125,14 @@ public final class LineDaemon: @unchecked Sendable {
             EventContent(
                 kind: .daemonStarted, recordSeq: nil, cn: nil, detail: "fixtures: \(names)",
                 stationID: station.config.stationID, operatorName: operatorName, at: Date()))
-        reporter.note(
-            "started",
+        let announcement =
             "station \(station.config.stationID): \(fixtures.count) fixture(s): \(names); SIGTERM or Ctrl-C stops after the devices in flight"
-        )
         var logger = Logger(label: "keyline.run")
         logger.logLevel = .warning
         let fixturesService = ServiceGroupConfiguration.ServiceConfiguration(
-            service: FixturesService(runners: runners, stop: stop),
+            service: FixturesService(runners: runners, stop: stop) { [reporter] in
+                reporter.note("started", announcement)
+            },
             successTerminationBehavior: .gracefullyShutdownGroup,
             failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: "fixtures")
         let group = ServiceGroup(

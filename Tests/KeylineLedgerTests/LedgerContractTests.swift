@@ -5,15 +5,31 @@ import Testing
 @testable import KeylineCore
 @testable import KeylineLedger
 
-/// The ledger backends every contract test runs against.
+/// The ledger backends every contract test runs against: in memory, SQLite, and PostgreSQL when
+/// `KEYLINE_TEST_POSTGRES` names a server (Scripts/test starts a private one, so CI always runs all three).
 enum Backend: String, CaseIterable, CustomTestStringConvertible {
     case memory
     case sqlite
+    case postgres
+
+    static var allCases: [Backend] {
+        postgresURL == nil ? [.memory, .sqlite] : [.memory, .sqlite, .postgres]
+    }
+
+    static var postgresURL: String? {
+        ProcessInfo.processInfo.environment["KEYLINE_TEST_POSTGRES"].flatMap { $0.isEmpty ? nil : $0 }
+    }
 
     var testDescription: String { rawValue }
 
-    func make() throws -> any Ledger {
+    func make() async throws -> any Ledger {
         switch self {
+        case .postgres:
+            // A schema of its own per test: the uniqueness indexes are organization-wide.
+            return try await PostgresLedger(
+                options: try .parse(Self.postgresURL!, password: nil), stationID: "station-test",
+                schema: "t_" + String(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(20))
+            )
         case .memory: return InMemoryLedger(stationID: "station-test")
         case .sqlite:
             let dir = FileManager.default.temporaryDirectory.appendingPathComponent(
@@ -50,7 +66,7 @@ func issue(_ ledger: any Ledger, _ cn: String, key: String? = nil) async throws 
 struct LedgerContractTests {
     @Test("records are numbered from 1 and chained from the genesis hash", arguments: Backend.allCases)
     func chain(_ backend: Backend) async throws {
-        let ledger = try backend.make()
+        let ledger = try await backend.make()
         let a = try await issue(ledger, "dev-1")
         let b = try await issue(ledger, "dev-2")
         #expect(a.seq == 1 && b.seq == 2)
@@ -67,7 +83,7 @@ struct LedgerContractTests {
 
     @Test("a duplicate CN is refused before signing and leaves only a refusal event", arguments: Backend.allCases)
     func duplicateCN(_ backend: Backend) async throws {
-        let ledger = try backend.make()
+        let ledger = try await backend.make()
         try await issue(ledger, "dev-1")
         var signed = false
         await #expect(throws: KeylineError(.policyRefusal, "")) {
@@ -87,7 +103,7 @@ struct LedgerContractTests {
 
     @Test("a reused public key is refused under another CN", arguments: Backend.allCases)
     func duplicateKey(_ backend: Backend) async throws {
-        let ledger = try backend.make()
+        let ledger = try await backend.make()
         try await issue(ledger, "dev-1", key: "shared")
         do {
             try await issue(ledger, "dev-2", key: "shared")
@@ -100,7 +116,7 @@ struct LedgerContractTests {
 
     @Test("a failure while signing commits nothing", arguments: Backend.allCases)
     func signFailure(_ backend: Backend) async throws {
-        let ledger = try backend.make()
+        let ledger = try await backend.make()
         struct Boom: Error {}
         await #expect(throws: Boom.self) {
             try await ledger.issue(reservation("dev-1")) { _ in throw Boom() }
@@ -113,7 +129,7 @@ struct LedgerContractTests {
 
     @Test("a batch commits all or nothing", arguments: Backend.allCases)
     func batch(_ backend: Backend) async throws {
-        let ledger = try backend.make()
+        let ledger = try await backend.make()
         try await issue(ledger, "dev-3")
         let names = ["dev-1", "dev-2", "dev-3", "dev-4"]
         await #expect(throws: KeylineError(.policyRefusal, "")) {
@@ -129,7 +145,7 @@ struct LedgerContractTests {
         "a batch is checked whole before anything is signed: a CN or key twice in it is refused",
         arguments: Backend.allCases)
     func batchDuplicates(_ backend: Backend) async throws {
-        let ledger = try backend.make()
+        let ledger = try await backend.make()
         var signedCalls = 0
         for batch in [
             [reservation("x-1"), reservation("x-1", key: "other")],
@@ -151,7 +167,7 @@ struct LedgerContractTests {
 
     @Test("state changes are events, and verify checks they agree", arguments: Backend.allCases)
     func transitions(_ backend: Backend) async throws {
-        let ledger = try backend.make()
+        let ledger = try await backend.make()
         let r = try await issue(ledger, "dev-1")
         try await ledger.transition(
             recordSeq: r.seq, to: .delivered,
@@ -166,7 +182,7 @@ struct LedgerContractTests {
 
     @Test("queries filter by state, profile and prefix, in order", arguments: Backend.allCases)
     func queries(_ backend: Backend) async throws {
-        let ledger = try backend.make()
+        let ledger = try await backend.make()
         for cn in ["a-1", "a-2", "b-1"] { try await issue(ledger, cn) }
         #expect(try await ledger.records(RecordQuery(cnPrefix: "a-")).map(\.content.cn) == ["a-1", "a-2"])
         #expect(try await ledger.records(RecordQuery(afterSeq: 1, limit: 1)).map(\.seq) == [2])
@@ -183,7 +199,7 @@ struct LedgerStreamingTests {
     @Test(
         "forEachRecord streams the same records as records(), in order, with every filter", arguments: Backend.allCases)
     func streams(_ backend: Backend) async throws {
-        let ledger = try backend.make()
+        let ledger = try await backend.make()
         let early = t0
         let late = t0.addingTimeInterval(3600)
         for (i, cn) in ["a-1", "a-2", "b-1", "b-2"].enumerated() {
@@ -214,7 +230,7 @@ struct LedgerStreamingTests {
         "device attributes round-trip, are covered by the hash, and records without them hash as before",
         arguments: Backend.allCases)
     func attributes(_ backend: Backend) async throws {
-        let ledger = try backend.make()
+        let ledger = try await backend.make()
         var c = content(reservation("dev-a"))
         let plainHash = ChainHash.record(seq: 1, prevHash: LedgerRecord.genesisHash, content: c)
         c.attributes = DeviceAttributes(

@@ -23,7 +23,7 @@ func revokeEvent(_ r: LedgerRecord, _ reason: String = "reason rework") -> Event
 struct ReissueContractTests {
     @Test("revoked is final: any further state change is refused and changes nothing", arguments: Backend.allCases)
     func revokedIsFinal(_ backend: Backend) async throws {
-        let ledger = try backend.make()
+        let ledger = try await backend.make()
         let r = try await issue(ledger, "dev-1")
         let revoked = try await ledger.transition(recordSeq: r.seq, to: .revoked, event: revokeEvent(r))
         #expect(revoked.state == .revoked)
@@ -41,7 +41,7 @@ struct ReissueContractTests {
         "a revoked CN is issued again only with reissue, which links to the revoked record", arguments: Backend.allCases
     )
     func reissue(_ backend: Backend) async throws {
-        let ledger = try backend.make()
+        let ledger = try await backend.make()
         let first = try await issue(ledger, "dev-1")
         // Not revoked: reissue is refused with its own rule.
         var request = reservation("dev-1", key: "key-2")
@@ -69,7 +69,7 @@ struct ReissueContractTests {
 
     @Test("reissue of a CN never issued is refused", arguments: Backend.allCases)
     func reissueUnknown(_ backend: Backend) async throws {
-        let ledger = try backend.make()
+        let ledger = try await backend.make()
         var request = reservation("ghost")
         request.reissue = true
         await #expect(throws: KeylineError.refused("reissue", "")) { try await ledger.issue(request, sign: reissued) }
@@ -79,7 +79,7 @@ struct ReissueContractTests {
 
     @Test("signed content must carry the reissue link the ledger reserved", arguments: Backend.allCases)
     func reissueLinkChecked(_ backend: Backend) async throws {
-        let ledger = try backend.make()
+        let ledger = try await backend.make()
         let first = try await issue(ledger, "dev-1")
         _ = try await ledger.transition(recordSeq: first.seq, to: .revoked, event: revokeEvent(first))
         var request = reservation("dev-1", key: "key-2")
@@ -115,7 +115,7 @@ struct ReissueContractTests {
 
     @Test("heads, single events and streamed events by kind", arguments: Backend.allCases)
     func heads(_ backend: Backend) async throws {
-        let ledger = try backend.make()
+        let ledger = try await backend.make()
         #expect(
             try await ledger.heads()
                 == LedgerHeads(
@@ -142,7 +142,7 @@ struct ReissueContractTests {
 
     @Test("queries by serial, fingerprint, CA and time range", arguments: Backend.allCases)
     func moreQueries(_ backend: Backend) async throws {
-        let ledger = try backend.make()
+        let ledger = try await backend.make()
         let a = try await issue(ledger, "a-1")
         let b = try await ledger.issue(reservation("b-1")) { content($0, at: t0.addingTimeInterval(3600)) }
         #expect(try await ledger.records(RecordQuery(serialHex: b.content.serialHex)).map(\.seq) == [b.seq])

@@ -1,0 +1,849 @@
+import Foundation
+import KeylineCore
+import Logging
+import PostgresNIO
+
+/// The organization's ledger on PostgreSQL: many stations, one database. Each station keeps its own hash chain of
+/// records and of events (sequence numbers count per station, from 1, as in a station's own SQLite ledger), while
+/// CN, serial, certificate and public key are unique across all of them, by the database's own unique indexes.
+///
+/// Reads see the station's own records; only the reservation's uniqueness check looks across stations. A station's
+/// writers are serialized by a row lock on its `stations` row, so the chain has no gaps or forks; two stations
+/// reserving the same CN at once are separated by the unique index, and the loser's write becomes a refusal.
+public final class PostgresLedger: Ledger, @unchecked Sendable {
+    public let stationID: String
+    /// The schema every table lives in (validated identifier).
+    public let schema: String
+    let client: PostgresClient
+    let runner: Task<Void, Never>
+    let logger: Logger
+
+    public struct ConnectionOptions: Sendable {
+        public var host: String
+        public var port: Int
+        public var user: String
+        public var password: String?
+        public var database: String
+        public var tls: PostgresClient.Configuration.TLS
+
+        public init(
+            host: String, port: Int, user: String, password: String?, database: String,
+            tls: PostgresClient.Configuration.TLS = .disable
+        ) {
+            self.host = host
+            self.port = port
+            self.user = user
+            self.password = password
+            self.database = database
+            self.tls = tls
+        }
+
+        /// Parses `postgres://user@host:port/db` (no password in the URL: it comes from a file or a credential).
+        public static func parse(_ url: String, password: String?) throws -> ConnectionOptions {
+            guard let u = URLComponents(string: url), u.scheme == "postgres" || u.scheme == "postgresql",
+                let host = u.host, !host.isEmpty, let user = u.user, !user.isEmpty
+            else {
+                throw KeylineError(
+                    .configuration, "ledger URL '\(url)' must look like postgres://USER@HOST:PORT/DATABASE")
+            }
+            if u.password != nil {
+                throw KeylineError(
+                    .configuration, "ledger URL must not carry a password; put it in a file (ledger_password_file)")
+            }
+            let db = String(u.path.drop(while: { $0 == "/" }))
+            guard !db.isEmpty else { throw KeylineError(.configuration, "ledger URL '\(url)' names no database") }
+            return ConnectionOptions(host: host, port: u.port ?? 5432, user: user, password: password, database: db)
+        }
+    }
+
+    /// Connects, runs pending migrations (unless `migrate` is false) and makes sure the station's chain row exists.
+    public init(
+        options: ConnectionOptions, stationID: String, schema: String = "keyline", migrate: Bool = true
+    ) async throws {
+        guard schema.range(of: "^[a-z_][a-z0-9_]{0,62}$", options: .regularExpression) != nil else {
+            throw KeylineError(.configuration, "schema '\(schema)' must be a lower-case SQL identifier")
+        }
+        self.stationID = stationID
+        self.schema = schema
+        self.place = "\(options.host):\(options.port)/\(options.database)"
+        var log = Logger(label: "keyline.ledger.postgres")
+        log.logLevel = .critical
+        logger = log
+        var config = PostgresClient.Configuration(
+            host: options.host, port: options.port, username: options.user, password: options.password,
+            database: options.database, tls: options.tls)
+        config.options.connectTimeout = .seconds(5)
+        let client = PostgresClient(configuration: config, backgroundLogger: log)
+        self.client = client
+        runner = Task { await client.run() }
+        do {
+            if migrate { try await self.migrate() }
+            try await write("registering the station") { conn in
+                try await conn.query(
+                    PostgresQuery(
+                        unsafeSQL: """
+                            INSERT INTO \(schema).stations (station_id, record_seq, record_hash, event_seq, event_hash)
+                            VALUES ($1, 0, $2, 0, $2) ON CONFLICT (station_id) DO NOTHING
+                            """, binds: Self.binds(stationID, LedgerRecord.genesisHash)), logger: self.logger)
+            }
+        } catch {
+            runner.cancel()
+            throw error
+        }
+    }
+
+    deinit { runner.cancel() }
+
+    // MARK: - Schema
+
+    /// The migrations, in order, each a list of statements; applied ones are recorded in `schema_migrations`.
+    /// Never edit a shipped one.
+    var migrations: [(String, [String])] {
+        let s = schema
+        return [
+            (
+                "v1",
+                [
+                    """
+                    CREATE TABLE \(s).stations (
+                    station_id TEXT PRIMARY KEY,
+                    record_seq BIGINT NOT NULL, record_hash TEXT NOT NULL,
+                    event_seq BIGINT NOT NULL, event_hash TEXT NOT NULL)
+                    """,
+                    """
+                    CREATE TABLE \(s).records (
+                    chain TEXT NOT NULL REFERENCES \(s).stations(station_id),
+                    seq BIGINT NOT NULL,
+                    cn TEXT NOT NULL, serial_hex TEXT NOT NULL, cert_sha256 TEXT NOT NULL, pubkey_sha256 TEXT NOT NULL,
+                    ca_sha256 TEXT NOT NULL, ca_name TEXT NOT NULL, profile TEXT NOT NULL, station_id TEXT NOT NULL,
+                    operator TEXT NOT NULL,
+                    key_origin TEXT NOT NULL CHECK (key_origin IN ('device', 'station')),
+                    hardware_id TEXT, work_order TEXT, not_before BIGINT NOT NULL, not_after BIGINT NOT NULL,
+                    cert_der BYTEA NOT NULL,
+                    state TEXT NOT NULL CHECK (state IN ('issued', 'delivered', 'failed', 'revoked')),
+                    created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL,
+                    has_attributes BOOLEAN NOT NULL, description TEXT, tags TEXT, product_prn TEXT, cohort_prn TEXT,
+                    target TEXT, reissue_of BIGINT,
+                    PRIMARY KEY (chain, seq))
+                    """,
+                    """
+                    CREATE UNIQUE INDEX records_serial ON \(s).records(serial_hex)
+                    """,
+                    """
+                    CREATE UNIQUE INDEX records_cert ON \(s).records(cert_sha256)
+                    """,
+                    """
+                    CREATE UNIQUE INDEX records_pubkey ON \(s).records(pubkey_sha256)
+                    """,
+                    """
+                    CREATE UNIQUE INDEX records_cn_current ON \(s).records(cn) WHERE state <> 'revoked'
+                    """,
+                    """
+                    CREATE INDEX records_cn ON \(s).records(cn, chain, seq)
+                    """,
+                    """
+                    CREATE INDEX records_work_order ON \(s).records(chain, work_order, seq)
+                    """,
+                    """
+                    CREATE INDEX records_profile ON \(s).records(chain, profile, seq)
+                    """,
+                    """
+                    CREATE TABLE \(s).events (
+                    chain TEXT NOT NULL REFERENCES \(s).stations(station_id),
+                    seq BIGINT NOT NULL,
+                    kind TEXT NOT NULL, record_seq BIGINT, cn TEXT, detail TEXT NOT NULL, station_id TEXT NOT NULL,
+                    operator TEXT NOT NULL, at BIGINT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL,
+                    PRIMARY KEY (chain, seq))
+                    """,
+                    """
+                    CREATE INDEX events_record ON \(s).events(chain, record_seq, seq)
+                    """,
+                    """
+                    CREATE FUNCTION \(s).refuse_rewrite() RETURNS trigger LANGUAGE plpgsql AS $$
+                    BEGIN
+                    IF TG_OP = 'DELETE' THEN
+                    RAISE EXCEPTION 'keyline ledger: history is append-only';
+                    END IF;
+                    IF TG_TABLE_NAME = 'events' OR (to_jsonb(NEW) - 'state' - 'updated_at')
+                    IS DISTINCT FROM (to_jsonb(OLD) - 'state' - 'updated_at') THEN
+                    RAISE EXCEPTION 'keyline ledger: only a record''s state may change';
+                    END IF;
+                    RETURN NEW;
+                    END $$
+                    """,
+                    """
+                    CREATE TRIGGER records_no_rewrite BEFORE UPDATE OR DELETE ON \(s).records
+                    FOR EACH ROW EXECUTE FUNCTION \(s).refuse_rewrite()
+                    """,
+                    """
+                    CREATE TRIGGER events_no_rewrite BEFORE UPDATE OR DELETE ON \(s).events
+                    FOR EACH ROW EXECUTE FUNCTION \(s).refuse_rewrite()
+                    """,
+                ]
+            )
+        ]
+    }
+
+    /// Runs pending migrations in one transaction, holding an advisory lock so two stations starting at once do
+    /// not race.
+    public func migrate() async throws {
+        try await write("migrating the ledger") { conn in
+            try await conn.query("SELECT pg_advisory_xact_lock(4242421)", logger: self.logger)
+            try await conn.query(
+                PostgresQuery(unsafeSQL: "CREATE SCHEMA IF NOT EXISTS \(self.schema)"), logger: self.logger)
+            try await conn.query(
+                PostgresQuery(
+                    unsafeSQL:
+                        "CREATE TABLE IF NOT EXISTS \(self.schema).schema_migrations (version TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+                ), logger: self.logger)
+            var applied: Set<String> = []
+            let rows = try await conn.query(
+                PostgresQuery(unsafeSQL: "SELECT version FROM \(self.schema).schema_migrations"), logger: self.logger)
+            for try await v in rows.decode(String.self) { applied.insert(v) }
+            for (version, statements) in self.migrations where !applied.contains(version) {
+                for statement in statements {
+                    try await conn.query(PostgresQuery(unsafeSQL: statement), logger: self.logger)
+                }
+                try await conn.query(
+                    PostgresQuery(
+                        unsafeSQL: "INSERT INTO \(self.schema).schema_migrations (version) VALUES ($1)",
+                        binds: Self.binds(version)), logger: self.logger)
+            }
+        }
+    }
+
+    // MARK: - Plumbing
+
+    static func binds(_ values: (any PostgresThrowingDynamicTypeEncodable)?...) -> PostgresBindings {
+        var b = PostgresBindings(capacity: values.count)
+        for v in values {
+            if let v { try? b.append(v) } else { b.appendNull() }
+        }
+        return b
+    }
+
+    func sql(_ text: String, _ values: (any PostgresThrowingDynamicTypeEncodable)?...) -> PostgresQuery {
+        var b = PostgresBindings(capacity: values.count)
+        for v in values {
+            if let v { try? b.append(v) } else { b.appendNull() }
+        }
+        return PostgresQuery(unsafeSQL: text.replacingOccurrences(of: "@.", with: "\(schema)."), binds: b)
+    }
+
+    /// An error of the caller's own (a signing failure, a refusal) carried through the connection pool untouched.
+    struct Passthrough: Error {
+        let error: Error
+    }
+
+    /// How long the station waits for the database before it says the ledger is unreachable.
+    public var reachTimeout: Duration = .seconds(5)
+    let place: String
+
+    /// Fails fast, with the operator's message, when no connection can be had within ``reachTimeout`` (the pool
+    /// itself would keep retrying for minutes).
+    func ensureReachable(_ context: String) async throws {
+        let client = client
+        let timeout = reachTimeout
+        let reached = try await withThrowingTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                try await client.withConnection { _ in }
+                return true
+            }
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                return false
+            }
+            let first = try await group.next() ?? false
+            group.cancelAll()
+            return first
+        }
+        if !reached {
+            throw KeylineError(
+                .unavailable,
+                "the ledger database \(place) does not answer (\(context)); issuance is refused until it is back")
+        }
+    }
+
+    /// A transaction on one connection (`begin` opens it); errors become Keyline errors with the operator's
+    /// wording, the caller's own errors pass through as they are.
+    func transaction<T: Sendable>(
+        _ context: String, begin: String, _ body: (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        do {
+            try await ensureReachable(context)
+            return try await client.withConnection { conn in
+                try await conn.query(PostgresQuery(unsafeSQL: begin), logger: logger)
+                do {
+                    let value: T
+                    do {
+                        value = try await body(conn)
+                    } catch let e as PSQLError {
+                        throw e
+                    } catch {
+                        throw Passthrough(error: error)
+                    }
+                    try await conn.query("COMMIT", logger: logger)
+                    return value
+                } catch {
+                    _ = try? await conn.query("ROLLBACK", logger: logger)
+                    throw error
+                }
+            }
+        } catch let p as Passthrough {
+            throw p.error
+        } catch let e as KeylineError {
+            throw e
+        } catch {
+            throw Self.map(error, context: context)
+        }
+    }
+
+    func write<T: Sendable>(_ context: String, _ body: (PostgresConnection) async throws -> T) async throws -> T {
+        try await transaction(context, begin: "BEGIN", body)
+    }
+
+    /// One snapshot for everything the body reads.
+    func read<T: Sendable>(_ context: String, _ body: (PostgresConnection) async throws -> T) async throws -> T {
+        try await transaction(context, begin: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", body)
+    }
+
+    /// The SQLSTATE of a server error, if it is one.
+    static func sqlState(_ error: Error) -> String? {
+        (error as? PSQLError)?.serverInfo?[.sqlState]
+    }
+
+    static func map(_ error: Error, context: String) -> KeylineError {
+        if let e = error as? PSQLError {
+            if let state = e.serverInfo?[.sqlState] {
+                let message = e.serverInfo?[.message] ?? state
+                switch state {
+                case "23505":
+                    return KeylineError(
+                        .policyRefusal, "ledger constraint refused the write (\(context): \(message))",
+                        rule: "ledger-constraint")
+                case "40001", "40P01", "55P03":
+                    return KeylineError(.temporaryFailure, "\(context): \(message); try again")
+                case "42501":
+                    return KeylineError(.unavailable, "\(context): permission denied: \(message)")
+                case "P0001":
+                    return KeylineError(.integrity, "\(context): \(message)")
+                default:
+                    return KeylineError(.internalError, "\(context): \(message) (SQLSTATE \(state))")
+                }
+            }
+            return KeylineError(
+                .unavailable,
+                "the ledger database is unreachable (\(context): \(e.code)); issuance is refused until it is back")
+        }
+        return KeylineError(
+            .unavailable,
+            "the ledger database is unreachable (\(context): \(error)); issuance is refused until it is back")
+    }
+
+    static let recordColumns = """
+        seq, cn, serial_hex, cert_sha256, pubkey_sha256, ca_sha256, ca_name, profile, station_id, operator, \
+        key_origin, hardware_id, work_order, not_before, not_after, cert_der, state, created_at, updated_at, \
+        prev_hash, hash, has_attributes, description, tags, product_prn, cohort_prn, target, reissue_of
+        """
+    static let eventColumns = "seq, kind, record_seq, cn, detail, station_id, operator, at, prev_hash, hash"
+
+    static func record(_ row: PostgresRow) throws -> LedgerRecord {
+        let r = row.makeRandomAccess()
+        let der = try r[15].decode(Data.self)
+        var attributes: DeviceAttributes?
+        if try r[21].decode(Bool.self) {
+            let tags = try r[23].decode(String?.self) ?? ""
+            attributes = DeviceAttributes(
+                description: try r[22].decode(String?.self) ?? "",
+                tags: tags.isEmpty ? [] : tags.split(separator: ",").map(String.init),
+                productPRN: try r[24].decode(String?.self), cohortPRN: try r[25].decode(String?.self),
+                target: try r[26].decode(String?.self))
+        }
+        let content = RecordContent(
+            cn: try r[1].decode(String.self), serialHex: try r[2].decode(String.self),
+            certificateFingerprint: try r[3].decode(String.self), publicKeySHA256: try r[4].decode(String.self),
+            caFingerprint: try r[5].decode(String.self), caName: try r[6].decode(String.self),
+            profile: try r[7].decode(String.self), stationID: try r[8].decode(String.self),
+            operatorName: try r[9].decode(String.self),
+            keyOrigin: KeyOrigin(rawValue: try r[10].decode(String.self)) ?? .device,
+            hardwareID: try r[11].decode(String?.self), workOrder: try r[12].decode(String?.self),
+            notBefore: Date(timeIntervalSince1970: Double(try r[13].decode(Int64.self))),
+            notAfter: Date(timeIntervalSince1970: Double(try r[14].decode(Int64.self))),
+            certificateDER: Array(der), createdAt: Timestamp.fromMillis(try r[17].decode(Int64.self)),
+            attributes: attributes, reissueOf: try r[27].decode(Int64?.self))
+        return LedgerRecord(
+            seq: try r[0].decode(Int64.self), content: content,
+            state: RecordState(rawValue: try r[16].decode(String.self)) ?? .failed,
+            updatedAt: Timestamp.fromMillis(try r[18].decode(Int64.self)), prevHash: try r[19].decode(String.self),
+            hash: try r[20].decode(String.self))
+    }
+
+    static func event(_ row: PostgresRow) throws -> LedgerEvent {
+        let r = row.makeRandomAccess()
+        let content = EventContent(
+            kind: EventKind(rawValue: try r[1].decode(String.self)) ?? .refused,
+            recordSeq: try r[2].decode(Int64?.self), cn: try r[3].decode(String?.self),
+            detail: try r[4].decode(String.self), stationID: try r[5].decode(String.self),
+            operatorName: try r[6].decode(String.self), at: Timestamp.fromMillis(try r[7].decode(Int64.self)))
+        return LedgerEvent(
+            seq: try r[0].decode(Int64.self), content: content, prevHash: try r[8].decode(String.self),
+            hash: try r[9].decode(String.self))
+    }
+
+    func records(_ conn: PostgresConnection, _ query: PostgresQuery) async throws -> [LedgerRecord] {
+        var out: [LedgerRecord] = []
+        for try await row in try await conn.query(query, logger: logger) { out.append(try Self.record(row)) }
+        return out
+    }
+
+    // MARK: - Writing
+
+    /// Locks the station's row and returns both chain heads.
+    func lockHeads(_ conn: PostgresConnection) async throws -> LedgerHeads {
+        let rows = try await conn.query(
+            sql(
+                "SELECT record_seq, record_hash, event_seq, event_hash FROM @.stations WHERE station_id = $1 FOR UPDATE",
+                stationID), logger: logger)
+        for try await (rs, rh, es, eh) in rows.decode((Int64, String, Int64, String).self) {
+            return LedgerHeads(recordsSeq: rs, recordsHash: rh, eventsSeq: es, eventsHash: eh)
+        }
+        throw KeylineError(.internalError, "station \(stationID) has no chain row")
+    }
+
+    func saveHeads(_ conn: PostgresConnection, _ h: LedgerHeads) async throws {
+        try await conn.query(
+            sql(
+                "UPDATE @.stations SET record_seq = $2, record_hash = $3, event_seq = $4, event_hash = $5 WHERE station_id = $1",
+                stationID, h.recordsSeq, h.recordsHash, h.eventsSeq, h.eventsHash), logger: logger)
+    }
+
+    func insertEvent(
+        _ conn: PostgresConnection, _ content: EventContent, heads: inout LedgerHeads
+    ) async throws
+        -> LedgerEvent
+    {
+        let seq = heads.eventsSeq + 1
+        let event = LedgerEvent(
+            seq: seq, content: content, prevHash: heads.eventsHash,
+            hash: ChainHash.event(seq: seq, prevHash: heads.eventsHash, content: content))
+        try await conn.query(
+            sql(
+                """
+                INSERT INTO @.events (chain, seq, kind, record_seq, cn, detail, station_id, operator, at, prev_hash, hash)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                """, stationID, seq, content.kind.rawValue, content.recordSeq, content.cn, content.detail,
+                content.stationID, content.operatorName, Timestamp.millis(content.at), event.prevHash, event.hash),
+            logger: logger)
+        heads.eventsSeq = seq
+        heads.eventsHash = event.hash
+        return event
+    }
+
+    func insert(_ conn: PostgresConnection, _ r: LedgerRecord) async throws {
+        let c = r.content
+        try await conn.query(
+            sql(
+                """
+                INSERT INTO @.records (chain, seq, cn, serial_hex, cert_sha256, pubkey_sha256, ca_sha256, ca_name, profile,
+                  station_id, operator, key_origin, hardware_id, work_order, not_before, not_after, cert_der, state,
+                  created_at, updated_at, prev_hash, hash, has_attributes, description, tags, product_prn, cohort_prn,
+                  target, reissue_of)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
+                  $22, $23, $24, $25, $26, $27, $28, $29)
+                """, stationID, r.seq, c.cn, c.serialHex, c.certificateFingerprint, c.publicKeySHA256,
+                c.caFingerprint, c.caName, c.profile, c.stationID, c.operatorName, c.keyOrigin.rawValue, c.hardwareID,
+                c.workOrder, Int64(Timestamp.seconds(c.notBefore)), Int64(Timestamp.seconds(c.notAfter)),
+                Data(c.certificateDER), r.state.rawValue, Timestamp.millis(c.createdAt),
+                Timestamp.millis(r.updatedAt), r.prevHash, r.hash, c.attributes != nil, c.attributes?.description,
+                c.attributes?.tags.joined(separator: ","), c.attributes?.productPRN, c.attributes?.cohortPRN,
+                c.attributes?.target, c.reissueOf), logger: logger)
+    }
+
+    /// Why a reservation cannot be made, looking across every station (nil when it can).
+    func refusal(_ conn: PostgresConnection, _ r: inout Reservation) async throws -> KeylineError? {
+        // Another station's record for the CN (a current one first): the CN belongs to that station's chain,
+        // and a reworked device is re-issued there.
+        let elsewhere = try await records(
+            conn,
+            sql(
+                "SELECT \(Self.recordColumns) FROM @.records WHERE cn = $1 AND chain <> $2 ORDER BY (state <> 'revoked') DESC, seq DESC LIMIT 1",
+                r.cn, stationID)
+        ).first
+        if let other = elsewhere {
+            return .refused(
+                "unique-cn",
+                "CN '\(r.cn)' was already issued by station \(other.content.stationID) (its ledger seq \(other.seq), \(other.state.rawValue))"
+            )
+        }
+        let own = try await records(
+            conn,
+            sql(
+                "SELECT \(Self.recordColumns) FROM @.records WHERE chain = $1 AND cn = $2 ORDER BY seq DESC LIMIT 1",
+                stationID, r.cn)
+        ).first
+        if let error = r.cnRefusal(latest: own) { return error }
+        r.reissueOf = r.reissue ? own?.seq : nil
+        let taken = try await conn.query(
+            sql("SELECT 1 FROM @.records WHERE pubkey_sha256 = $1", r.publicKeySHA256), logger: logger)
+        for try await _ in taken {
+            return .refused(
+                "unique-public-key",
+                "public key \(r.publicKeySHA256.prefix(16))… already belongs to another certificate")
+        }
+        return nil
+    }
+
+    public func issue(
+        _ reservation: Reservation, sign: (Reservation) throws -> RecordContent
+    ) async throws -> LedgerRecord {
+        try await issueBatch([reservation]) { try $0.map(sign) }[0]
+    }
+
+    public func issueBatch(
+        _ reservations: [Reservation], signAll: ([Reservation]) throws -> [RecordContent]
+    ) async throws -> [LedgerRecord] {
+        var refused: (Reservation, KeylineError)?
+        var out: [LedgerRecord] = []
+        do {
+            out = try await write("committing to the ledger") { conn in
+                var heads = try await lockHeads(conn)
+                var cns: Set<String> = []
+                var keys: Set<String> = []
+                var rs = reservations
+                for i in rs.indices {
+                    let r = rs[i]
+                    if let error = try await refusal(conn, &rs[i]) {
+                        refused = (r, error)
+                    } else if !cns.insert(r.cn).inserted {
+                        refused = (r, .refused("unique-cn", "CN '\(r.cn)' is given twice in one batch"))
+                    } else if !keys.insert(r.publicKeySHA256).inserted {
+                        refused = (
+                            r,
+                            .refused(
+                                "unique-public-key",
+                                "public key \(r.publicKeySHA256.prefix(16))… is given twice in one batch")
+                        )
+                    }
+                    if let refused { throw refused.1 }
+                }
+                let contents = try signAll(rs)
+                guard contents.count == rs.count else {
+                    throw KeylineError(.internalError, "signed \(contents.count) of \(rs.count) reservations")
+                }
+                var records: [LedgerRecord] = []
+                for (r, content) in zip(rs, contents) {
+                    guard content.cn == r.cn, content.publicKeySHA256 == r.publicKeySHA256,
+                        content.reissueOf == r.reissueOf
+                    else { throw KeylineError(.internalError, "signed content does not match its reservation") }
+                    let seq = heads.recordsSeq + 1
+                    let record = LedgerRecord(
+                        seq: seq, content: content, state: .issued, updatedAt: content.createdAt,
+                        prevHash: heads.recordsHash,
+                        hash: ChainHash.record(seq: seq, prevHash: heads.recordsHash, content: content))
+                    try await insert(conn, record)
+                    heads.recordsSeq = seq
+                    heads.recordsHash = record.hash
+                    _ = try await insertEvent(
+                        conn,
+                        EventContent(
+                            kind: .issued, recordSeq: seq, cn: r.cn, detail: LedgerRecord.issuedDetail(content),
+                            stationID: content.stationID, operatorName: content.operatorName, at: content.createdAt),
+                        heads: &heads)
+                    records.append(record)
+                }
+                try await saveHeads(conn, heads)
+                return records
+            }
+        } catch let e as KeylineError where e.code == .policyRefusal {
+            // A refusal found by the checks, or another station that took the CN, serial or key first (the unique
+            // indexes): either way nothing was written, and the refusal is recorded.
+            let r = refused?.0 ?? reservations[0]
+            let error =
+                refused?.1
+                ?? .refused(
+                    "unique-cn",
+                    "another station issued CN '\(r.cn)' (or the same serial or key) at the same moment: \(e.reason)")
+            _ = try? await appendEvent(
+                EventContent(
+                    kind: .refused, recordSeq: nil, cn: r.cn, detail: error.reason, stationID: stationID,
+                    operatorName: r.operatorName, at: Date()))
+            throw error
+        }
+        return out
+    }
+
+    @discardableResult
+    public func appendEvent(_ content: EventContent) async throws -> LedgerEvent {
+        try await write("appending an event") { conn in
+            var heads = try await lockHeads(conn)
+            let event = try await insertEvent(conn, content, heads: &heads)
+            try await saveHeads(conn, heads)
+            return event
+        }
+    }
+
+    @discardableResult
+    public func transition(recordSeq: Int64, to state: RecordState, event: EventContent) async throws -> LedgerRecord {
+        try await write("changing a record's state") { conn in
+            var heads = try await lockHeads(conn)
+            guard
+                var current = try await records(
+                    conn,
+                    sql(
+                        "SELECT \(Self.recordColumns) FROM @.records WHERE chain = $1 AND seq = $2", stationID,
+                        recordSeq)
+                ).first
+            else { throw KeylineError(.dataError, "no record with seq \(recordSeq)") }
+            if let error = LedgerRecord.transitionRefusal(current, to: state) { throw error }
+            try await conn.query(
+                sql(
+                    "UPDATE @.records SET state = $3, updated_at = $4 WHERE chain = $1 AND seq = $2", stationID,
+                    recordSeq, state.rawValue, Timestamp.millis(event.at)), logger: logger)
+            _ = try await insertEvent(conn, event, heads: &heads)
+            try await saveHeads(conn, heads)
+            current.state = state
+            current.updatedAt = event.at
+            return current
+        }
+    }
+
+    // MARK: - Reading
+
+    public func record(cn: String) async throws -> LedgerRecord? {
+        try await read("reading the ledger") { conn in
+            try await records(
+                conn,
+                sql(
+                    "SELECT \(Self.recordColumns) FROM @.records WHERE chain = $1 AND cn = $2 ORDER BY seq DESC LIMIT 1",
+                    stationID, cn)
+            ).first
+        }
+    }
+
+    public func history(cn: String) async throws -> [LedgerRecord] {
+        try await read("reading the ledger") { conn in
+            try await records(
+                conn,
+                sql(
+                    "SELECT \(Self.recordColumns) FROM @.records WHERE chain = $1 AND cn = $2 ORDER BY seq", stationID,
+                    cn))
+        }
+    }
+
+    public func records(cns: [String]) async throws -> [String: LedgerRecord] {
+        try await read("reading the ledger") { conn in
+            var out: [String: LedgerRecord] = [:]
+            let unique = Array(Set(cns))
+            var start = 0
+            while start < unique.count {
+                let slice = Array(unique[start..<min(start + 1000, unique.count)])
+                for r in try await records(
+                    conn,
+                    sql(
+                        "SELECT \(Self.recordColumns) FROM @.records WHERE chain = $1 AND cn = ANY($2) ORDER BY seq",
+                        stationID, slice))
+                {
+                    out[r.content.cn] = r
+                }
+                start += slice.count
+            }
+            return out
+        }
+    }
+
+    public func record(seq: Int64) async throws -> LedgerRecord? {
+        try await read("reading the ledger") { conn in
+            try await records(
+                conn, sql("SELECT \(Self.recordColumns) FROM @.records WHERE chain = $1 AND seq = $2", stationID, seq)
+            ).first
+        }
+    }
+
+    public func records(seqs: [Int64]) async throws -> [LedgerRecord] {
+        try await read("reading the ledger") { conn in
+            try await records(
+                conn,
+                sql(
+                    "SELECT \(Self.recordColumns) FROM @.records WHERE chain = $1 AND seq = ANY($2) ORDER BY seq",
+                    stationID, Array(Set(seqs))))
+        }
+    }
+
+    func select(_ q: RecordQuery, columns: String) -> PostgresQuery {
+        var clauses = ["chain = $1"]
+        var values: [(any PostgresThrowingDynamicTypeEncodable)?] = [stationID]
+        func add(_ clause: String, _ value: any PostgresThrowingDynamicTypeEncodable) {
+            values.append(value)
+            clauses.append(clause.replacingOccurrences(of: "?", with: "$\(values.count)"))
+        }
+        if let v = q.afterSeq { add("seq > ?", v) }
+        if let v = q.state { add("state = ?", v.rawValue) }
+        if let v = q.profile { add("profile = ?", v) }
+        if let v = q.cnPrefix { add("left(cn, \(v.count)) = ?", v) }
+        if let v = q.workOrder { add("work_order = ?", v) }
+        if let v = q.createdSince { add("created_at >= ?", Timestamp.millis(v)) }
+        if let v = q.createdBefore { add("created_at < ?", Timestamp.millis(v)) }
+        if let v = q.serialHex { add("serial_hex = ?", v) }
+        if let v = q.fingerprint { add("cert_sha256 = ?", v) }
+        if let v = q.caName { add("ca_name = ?", v) }
+        var text = "SELECT \(columns) FROM @.records WHERE " + clauses.joined(separator: " AND ") + " ORDER BY seq"
+        if let limit = q.limit { text += " LIMIT \(limit)" }
+        var b = PostgresBindings(capacity: values.count)
+        for v in values {
+            if let v { try? b.append(v) } else { b.appendNull() }
+        }
+        return PostgresQuery(unsafeSQL: text.replacingOccurrences(of: "@.", with: "\(schema)."), binds: b)
+    }
+
+    public func records(_ query: RecordQuery) async throws -> [LedgerRecord] {
+        try await read("reading the ledger") { conn in
+            try await records(conn, select(query, columns: Self.recordColumns))
+        }
+    }
+
+    @discardableResult
+    public func forEachRecord(
+        _ query: RecordQuery, _ body: (LedgerRecord) throws -> Void
+    ) async throws -> (seq: Int64, hash: String) {
+        let (seq, hash) = try await read("reading the ledger") { conn -> (Int64, String) in
+            let h = try await headIn(conn)
+            for try await row in try await conn.query(select(query, columns: Self.recordColumns), logger: logger) {
+                try body(try Self.record(row))
+            }
+            return (h.seq, h.hash)
+        }
+        return (seq, hash)
+    }
+
+    public func forEachRecordState(_ query: RecordQuery, _ body: (Int64, RecordState) throws -> Void) async throws {
+        try await read("reading the ledger") { conn in
+            let rows = try await conn.query(select(query, columns: "seq, state"), logger: logger)
+            for try await (seq, state) in rows.decode((Int64, String).self) {
+                try body(seq, RecordState(rawValue: state) ?? .failed)
+            }
+        }
+    }
+
+    func headIn(_ conn: PostgresConnection) async throws -> (seq: Int64, hash: String) {
+        let rows = try await conn.query(
+            sql("SELECT seq, hash FROM @.records WHERE chain = $1 ORDER BY seq DESC LIMIT 1", stationID),
+            logger: logger)
+        for try await (seq, hash) in rows.decode((Int64, String).self) { return (seq, hash) }
+        return (0, LedgerRecord.genesisHash)
+    }
+
+    public func head() async throws -> (seq: Int64, hash: String) {
+        let h = try await read("reading the ledger") { conn -> [String] in
+            let h = try await headIn(conn)
+            return [String(h.seq), h.hash]
+        }
+        return (Int64(h[0]) ?? 0, h[1])
+    }
+
+    public func heads() async throws -> LedgerHeads {
+        try await read("reading the ledger") { conn in
+            let records = try await headIn(conn)
+            let rows = try await conn.query(
+                sql("SELECT seq, hash FROM @.events WHERE chain = $1 ORDER BY seq DESC LIMIT 1", stationID),
+                logger: logger)
+            var events: (Int64, String) = (0, LedgerRecord.genesisHash)
+            for try await (seq, hash) in rows.decode((Int64, String).self) { events = (seq, hash) }
+            return LedgerHeads(
+                recordsSeq: records.seq, recordsHash: records.hash, eventsSeq: events.0, eventsHash: events.1)
+        }
+    }
+
+    public func counts(
+        throughRecordSeq recordSeq: Int64, throughEventSeq eventSeq: Int64
+    ) async throws -> (records: Int64, events: Int64) {
+        let both = try await read("reading the ledger") { conn -> [Int64] in
+            var out: [Int64] = []
+            for (table, through) in [("records", recordSeq), ("events", eventSeq)] {
+                let rows = try await conn.query(
+                    sql("SELECT count(*) FROM @.\(table) WHERE chain = $1 AND seq <= $2", stationID, through),
+                    logger: logger)
+                for try await n in rows.decode(Int64.self) { out.append(n) }
+            }
+            return out
+        }
+        return (both[0], both[1])
+    }
+
+    public func events(recordSeq: Int64?, limit: Int?) async throws -> [LedgerEvent] {
+        try await read("reading the ledger") { conn in
+            var text = "SELECT \(Self.eventColumns) FROM @.events WHERE chain = $1"
+            if recordSeq != nil { text += " AND record_seq = $2" }
+            text += " ORDER BY seq"
+            if let limit { text += " LIMIT \(limit)" }
+            let q = recordSeq.map { sql(text, stationID, $0) } ?? sql(text, stationID)
+            var out: [LedgerEvent] = []
+            for try await row in try await conn.query(q, logger: logger) { out.append(try Self.event(row)) }
+            return out
+        }
+    }
+
+    public func event(seq: Int64) async throws -> LedgerEvent? {
+        try await read("reading the ledger") { conn in
+            for try await row in try await conn.query(
+                sql("SELECT \(Self.eventColumns) FROM @.events WHERE chain = $1 AND seq = $2", stationID, seq),
+                logger: logger)
+            {
+                return try Self.event(row)
+            }
+            return nil
+        }
+    }
+
+    public func forEachEvent(
+        kinds: Set<EventKind>?, afterSeq: Int64, _ body: (LedgerEvent) throws -> Void
+    ) async throws {
+        try await read("reading the ledger") { conn in
+            var text = "SELECT \(Self.eventColumns) FROM @.events WHERE chain = $1 AND seq > $2"
+            if kinds != nil { text += " AND kind = ANY($3)" }
+            text += " ORDER BY seq"
+            let q =
+                kinds.map { sql(text, stationID, afterSeq, $0.map(\.rawValue).sorted()) }
+                ?? sql(text, stationID, afterSeq)
+            for try await row in try await conn.query(q, logger: logger) { try body(try Self.event(row)) }
+        }
+    }
+
+    public func count() async throws -> Int {
+        try await read("reading the ledger") { conn in
+            let rows = try await conn.query(
+                sql("SELECT count(*) FROM @.records WHERE chain = $1", stationID), logger: logger)
+            for try await n in rows.decode(Int64.self) { return Int(n) }
+            return 0
+        }
+    }
+
+    public func verify() async throws -> VerificationReport {
+        try await read("verifying the ledger") { conn in
+            var verifier = ChainVerifier()
+            var stateEvents: [Int64: [EventKind]] = [:]
+            let kinds = try await conn.query(
+                sql(
+                    """
+                    SELECT record_seq, kind FROM @.events WHERE chain = $1 AND record_seq IS NOT NULL
+                      AND kind IN ('issued', 'delivered', 'failed', 'revoked') ORDER BY record_seq, seq
+                    """, stationID), logger: logger)
+            for try await (seq, kind) in kinds.decode((Int64, String).self) {
+                stateEvents[seq, default: []].append(EventKind(rawValue: kind) ?? .issued)
+            }
+            for try await row in try await conn.query(
+                sql("SELECT \(Self.recordColumns) FROM @.records WHERE chain = $1 ORDER BY seq", stationID),
+                logger: logger)
+            {
+                let record = try Self.record(row)
+                verifier.add(record: record, stateEvents: stateEvents[record.seq] ?? [])
+            }
+            for try await row in try await conn.query(
+                sql("SELECT \(Self.eventColumns) FROM @.events WHERE chain = $1 ORDER BY seq", stationID),
+                logger: logger)
+            {
+                verifier.add(event: try Self.event(row))
+            }
+            return verifier.report
+        }
+    }
+}
