@@ -1,6 +1,7 @@
 import Foundation
 import KeylineCore
 import Logging
+import NIOSSL
 import PostgresNIO
 
 /// The organization's ledger on PostgreSQL: many stations, one database. Each station keeps its own hash chain of
@@ -77,7 +78,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         self.client = client
         runner = Task { await client.run() }
         do {
-            if migrate { try await self.migrate() }
+            if migrate { try await self.migrate() } else { try await checkSchema() }
             try await write("registering the station") { conn in
                 try await conn.query(
                     PostgresQuery(
@@ -182,6 +183,34 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
                 ]
             )
         ]
+    }
+
+    /// The migrations applied to the database, in order.
+    public func appliedMigrations() async throws -> [String] {
+        try await read("reading the ledger's schema") { conn in
+            let exists = try await conn.query(
+                sql("SELECT to_regclass($1) IS NOT NULL", "\(self.schema).schema_migrations"), logger: self.logger)
+            for try await present in exists.decode(Bool.self) where !present { return [] }
+            var out: [String] = []
+            let rows = try await conn.query(
+                PostgresQuery(unsafeSQL: "SELECT version FROM \(self.schema).schema_migrations ORDER BY version"),
+                logger: self.logger)
+            for try await v in rows.decode(String.self) { out.append(v) }
+            return out
+        }
+    }
+
+    /// Refuses a database whose schema is behind this build: migrations are run on purpose, by the owner
+    /// (`keyline ledger migrate`), never by a station on the way.
+    func checkSchema() async throws {
+        let applied = Set(try await appliedMigrations())
+        let missing = migrations.map(\.0).filter { !applied.contains($0) }
+        guard missing.isEmpty else {
+            throw KeylineError(
+                .configuration,
+                "the ledger database \(place) lacks schema migration(s) \(missing.joined(separator: ", ")); run 'keyline ledger migrate' with the owner's role"
+            )
+        }
     }
 
     /// Runs pending migrations in one transaction, holding an advisory lock so two stations starting at once do
@@ -844,6 +873,38 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
                 verifier.add(event: try Self.event(row))
             }
             return verifier.report
+        }
+    }
+}
+
+/// TLS to the ledger database, from `ledger_sslmode` and `ledger_ca_file`.
+public enum PostgresTLS {
+    public enum Mode: String, Sendable {
+        case disable
+        case require
+        case verifyFull = "verify-full"
+    }
+
+    /// `disable`: plain TCP (loopback or a trusted network only). `require`: encrypted, the server certificate not
+    /// checked. `verify-full` (the default): encrypted, the server's certificate checked against `caFile` (or the
+    /// system's roots) and its name against the host.
+    public static func make(mode: Mode, caFile: String?) throws -> PostgresClient.Configuration.TLS {
+        switch mode {
+        case .disable: return .disable
+        case .require:
+            var tls = TLSConfiguration.makeClientConfiguration()
+            tls.certificateVerification = .none
+            return .require(tls)
+        case .verifyFull:
+            var tls = TLSConfiguration.makeClientConfiguration()
+            tls.certificateVerification = .fullVerification
+            if let caFile {
+                guard FileManager.default.isReadableFile(atPath: caFile) else {
+                    throw KeylineError(.configuration, "ledger_ca_file \(caFile) cannot be read")
+                }
+                tls.trustRoots = .file(caFile)
+            }
+            return .require(tls)
         }
     }
 }

@@ -21,9 +21,9 @@ public struct Station: Sendable {
     }
 
     /// Opens the station at `directory`: reads `station.toml` and opens its ledger.
-    public static func open(directory: String) throws -> Station {
+    public static func open(directory: String) async throws -> Station {
         let config = try StationConfig.load(directory: directory)
-        return Station(config: config, ledger: try openLedger(config))
+        return Station(config: config, ledger: try await openLedger(config))
     }
 
     /// Opens the issuer for a profile: finds the profile and its CA, opens the CA key through the key guard.
@@ -53,10 +53,39 @@ public struct Station: Sendable {
     /// What every command warns about for this configuration (a CA key allowed to be unencrypted).
     public var warnings: [String] { config.warnings }
 
-    static func openLedger(_ config: StationConfig, create: Bool = false) throws -> any Ledger {
+    /// Opens the configured ledger. A PostgreSQL ledger is not migrated here (the station's role may not change
+    /// the schema): `migrate` is for `keyline ledger migrate`, run with the owner's role.
+    public static func openLedger(
+        _ config: StationConfig, create: Bool = false, migrate: Bool = false,
+        environment: [String: String] = ProcessInfo.processInfo.environment
+    ) async throws -> any Ledger {
         switch config.ledger {
-        case .sqlite(let path): try SQLiteLedger(path: path, stationID: config.stationID, create: create)
+        case .sqlite(let path): return try SQLiteLedger(path: path, stationID: config.stationID, create: create)
+        case .postgres(let url):
+            let password = try postgresPassword(config.postgres, environment: environment)
+            var options = try PostgresLedger.ConnectionOptions.parse(url, password: password)
+            options.tls = try PostgresTLS.make(
+                mode: PostgresTLS.Mode(rawValue: config.postgres.sslMode.rawValue) ?? .verifyFull,
+                caFile: config.postgres.caFile)
+            return try await PostgresLedger(options: options, stationID: config.stationID, migrate: migrate)
         }
+    }
+
+    /// The database password: `ledger_password_file` (guarded like a key's passphrase), else the systemd credential
+    /// `keyline-ledger-password`, else none (peer or certificate authentication).
+    static func postgresPassword(_ s: PostgresSettings, environment: [String: String]) throws -> String? {
+        if let file = s.passwordFile {
+            return String(decoding: try PassphraseSources.read(file, what: "ledger password file").bytes, as: UTF8.self)
+        }
+        if let dir = environment["CREDENTIALS_DIRECTORY"], !dir.isEmpty {
+            let path = (dir as NSString).appendingPathComponent("keyline-ledger-password")
+            if FileManager.default.fileExists(atPath: path) {
+                return String(
+                    decoding: try PassphraseSources.read(path, what: "systemd credential", allowGroupRead: true).bytes,
+                    as: UTF8.self)
+            }
+        }
+        return nil
     }
 }
 

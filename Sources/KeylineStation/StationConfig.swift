@@ -6,12 +6,32 @@ import TOMLKit
 public enum LedgerLocation: Sendable, Equatable, CustomStringConvertible {
     /// `sqlite:PATH`, PATH relative to the station directory unless absolute.
     case sqlite(path: String)
+    /// `postgres://USER@HOST:PORT/DB`: the organization's ledger shared by several stations (no password here).
+    case postgres(url: String)
 
     public var description: String {
         switch self {
         case .sqlite(let path): "sqlite:\(path)"
+        case .postgres(let url): url
         }
     }
+}
+
+/// How a station reaches a PostgreSQL ledger besides its URL: `ledger_password_file`, `ledger_sslmode`,
+/// `ledger_ca_file` (top level of station.toml). The password may instead be the systemd credential
+/// `keyline-ledger-password`.
+public struct PostgresSettings: Sendable, Equatable {
+    public enum SSLMode: String, Sendable, CaseIterable {
+        case disable
+        case require
+        case verifyFull = "verify-full"
+    }
+
+    public var passwordFile: String?
+    public var sslMode: SSLMode = .verifyFull
+    public var caFile: String?
+
+    public init() {}
 }
 
 /// Whether a CA may still sign.
@@ -49,6 +69,8 @@ public struct StationConfig: Sendable {
     public var fixtures: [String: FixtureConfig] = [:]
     /// `[daemon]`: timeouts, rate limit, alarm and log of `keyline run`.
     public var daemon = DaemonSettings()
+    /// How to reach a postgres:// ledger.
+    public var postgres = PostgresSettings()
 
     /// Reads and checks `DIR/station.toml`. Throws ``KeylineError/Code/configuration`` with the file, section and key.
     public static func load(directory: String) throws -> StationConfig {
@@ -83,6 +105,9 @@ public struct StationConfig: Sendable {
         let warnDays = try top.int("ca_expiry_warning_days") ?? 30
         let casTable = try top.table("cas")
         let profilesTable = try top.table("profiles")
+        let ledgerPasswordFile = try top.string("ledger_password_file")
+        let ledgerSSLMode = try top.string("ledger_sslmode")
+        let ledgerCAFile = try top.string("ledger_ca_file")
         let fixturesTable = try top.table("fixtures")
         let daemonTable = try top.table("daemon")
         try top.refuseUnknown()
@@ -102,12 +127,35 @@ public struct StationConfig: Sendable {
             guard !p.isEmpty else { throw KeylineError(.configuration, "\(fileName): ledger 'sqlite:' names no file") }
             ledger = .sqlite(path: resolve(p, in: dir))
         } else if ledgerText.hasPrefix("postgres://") || ledgerText.hasPrefix("postgresql://") {
-            throw KeylineError(
-                .configuration,
-                "\(fileName): PostgreSQL ledgers are not supported by this build yet; use ledger = \"sqlite:PATH\"")
+            guard URLComponents(string: ledgerText)?.password == nil else {
+                throw KeylineError(
+                    .configuration,
+                    "\(fileName): ledger URL carries a password; put it in ledger_password_file (or the systemd credential keyline-ledger-password), never in station.toml"
+                )
+            }
+            ledger = .postgres(url: ledgerText)
         } else {
             throw KeylineError(
-                .configuration, "\(fileName): ledger '\(ledgerText)' must look like \"sqlite:ledger.sqlite\"")
+                .configuration,
+                "\(fileName): ledger '\(ledgerText)' must look like \"sqlite:ledger.sqlite\" or \"postgres://USER@HOST:PORT/DB\""
+            )
+        }
+        var postgres = PostgresSettings()
+        postgres.passwordFile = ledgerPasswordFile.map { resolve($0, in: dir) }
+        postgres.caFile = ledgerCAFile.map { resolve($0, in: dir) }
+        if let mode = ledgerSSLMode {
+            guard let m = PostgresSettings.SSLMode(rawValue: mode) else {
+                throw KeylineError(
+                    .configuration,
+                    "\(fileName): ledger_sslmode '\(mode)' must be one of \(PostgresSettings.SSLMode.allCases.map(\.rawValue).joined(separator: ", "))"
+                )
+            }
+            postgres.sslMode = m
+        }
+        if case .sqlite = ledger, ledgerPasswordFile != nil || ledgerSSLMode != nil || ledgerCAFile != nil {
+            throw KeylineError(
+                .configuration,
+                "\(fileName): ledger_password_file, ledger_sslmode and ledger_ca_file are for a postgres:// ledger")
         }
 
         var cas: [String: CAConfig] = [:]
@@ -215,6 +263,7 @@ public struct StationConfig: Sendable {
             cas: cas, profiles: profiles)
         config.fixtures = fixtures
         config.daemon = daemon
+        config.postgres = postgres
         return config
     }
 

@@ -47,7 +47,7 @@ struct CAImport: AsyncParsableCommand {
 
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
-            let station = try options.openStation()
+            let station = try await options.openStation()
             let result: StationSetup.ImportResult
             do {
                 result = try await StationSetup.importCA(
@@ -189,7 +189,7 @@ struct CAVerificationCert: AsyncParsableCommand {
 
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
-            let station = try options.openStation()
+            let station = try await options.openStation()
             let operatorName = station.config.operatorName(option: `operator`)
             let caName = try ca ?? station.config.profile(nil).caName
             let now = Date()

@@ -110,7 +110,7 @@ struct DemoCommand: AsyncParsableCommand {
                     name: "fx-\($0)", transport: .tty(path: "\(fixtureDir)/fx-\($0)", baud: 115_200), profile: "demo")
             }
             for f in fixtureConfigs { unlink("\(fixtureDir)/\(f.name)") }
-            var st = try Station.open(directory: absolute)
+            var st = try await Station.open(directory: absolute)
             st.config = config
             let logPath = "\(absolute)/run/demo-\(run).jsonl"
             let reporter = try Reporter(

@@ -73,7 +73,7 @@ struct IssueCommand: AsyncParsableCommand {
                 let template = try CNTemplate(cnTemplate)
                 names = (start..<(start + count)).map(template.render)
             }
-            let station = try options.openStation()
+            let station = try await options.openStation()
             let issuer = try await openIssuer(
                 station: station, profileName: profile, passphraseFile: passphraseFile, operatorOption: `operator`)
             // The station makes P-256 keys; a profile that does not allow them must not get them.

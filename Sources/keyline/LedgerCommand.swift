@@ -11,9 +11,41 @@ struct LedgerCommand: AsyncParsableCommand {
         abstract: "Inspect and verify the ledger of issued certificates.",
         subcommands: [
             LedgerVerify.self, LedgerList.self, LedgerSearch.self, LedgerShow.self, LedgerStatsCommand.self,
-            LedgerRevoke.self, LedgerCheckpointCommand.self, LedgerReconcile.self,
+            LedgerRevoke.self, LedgerCheckpointCommand.self, LedgerReconcile.self, LedgerMigrate.self,
         ]
     )
+}
+
+struct LedgerMigrate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "migrate",
+        abstract: "Bring the ledger's schema up to this build (PostgreSQL: run it with the owner's role).",
+        discussion: """
+            A SQLite ledger is migrated whenever it is opened; this command only reports its schema. A PostgreSQL \
+            ledger is never migrated by a station on the way: run this once per upgrade, with a role that owns the \
+            schema (the stations' own roles can insert and change states, not alter tables). Migrations run in one \
+            transaction under an advisory lock, so two stations upgrading at once cannot race.
+
+            Example:
+              keyline ledger migrate --station /srv/keyline
+            """)
+
+    @OptionGroup var options: StationOptions
+
+    func run() async throws {
+        try await runReporting(verbose: options.verbose) {
+            let config = try options.loadConfig()
+            let ledger = try await Station.openLedger(config, migrate: true)
+            if let pg = ledger as? PostgresLedger {
+                let applied = try await pg.appliedMigrations()
+                Console.out(
+                    "ledger \(config.ledger) (schema \(pg.schema)) is at \(applied.last ?? "none"): \(applied.joined(separator: ", "))\n"
+                )
+            } else {
+                Console.out("ledger \(config.ledger) is up to date (SQLite ledgers migrate when opened)\n")
+            }
+        }
+    }
 }
 
 struct RecordJSON: Encodable {
@@ -152,7 +184,7 @@ struct LedgerVerify: AsyncParsableCommand {
 
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
-            let station = try options.openStation()
+            let station = try await options.openStation()
             // The chain first: a broken chain is the finding, whatever the checkpoint says.
             let r = try await station.ledger.verify()
             var verdict: LedgerCheckpoint.Verdict?
@@ -244,7 +276,7 @@ struct LedgerList: AsyncParsableCommand {
 
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
-            let station = try options.openStation()
+            let station = try await options.openStation()
             let records = try await station.ledger.records(
                 RecordQuery(
                     limit: limit, state: state.flatMap(RecordState.init(rawValue:)), profile: profile,
@@ -293,7 +325,7 @@ struct LedgerShow: AsyncParsableCommand {
 
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
-            let station = try options.openStation()
+            let station = try await options.openStation()
             guard let record = try await station.ledger.record(cn: cn) else {
                 throw KeylineError(.dataError, "no certificate for CN '\(cn)' in the ledger")
             }

@@ -42,7 +42,7 @@ struct LedgerRevoke: AsyncParsableCommand {
 
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
-            let station = try options.openStation()
+            let station = try await options.openStation()
             let record = try await Revocation.revoke(
                 station: station, cn: cn, reason: RevocationReason(rawValue: reason)!, note: note,
                 operatorName: station.config.operatorName(option: `operator`))
@@ -81,7 +81,7 @@ struct LedgerCheckpointCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
-            let station = try options.openStation()
+            let station = try await options.openStation()
             if let out, FileManager.default.fileExists(atPath: out) {
                 throw KeylineError(.ioError, "\(out) already exists; a checkpoint is evidence and is never replaced")
             }
@@ -158,7 +158,7 @@ struct LedgerReconcile: AsyncParsableCommand {
     func run() async throws {
         var status: Int32 = 0
         try await runReporting(verbose: options.verbose) {
-            let station = try options.openStation()
+            let station = try await options.openStation()
             guard FileManager.default.isReadableFile(atPath: export) else {
                 throw KeylineError(.ioError, "cannot read \(export)")
             }
@@ -258,7 +258,7 @@ struct LedgerStatsCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
-            let station = try options.openStation()
+            let station = try await options.openStation()
             let s = try await LedgerStats.compute(station: station)
             if json {
                 try Console.json(s)
@@ -358,7 +358,7 @@ struct LedgerSearch: AsyncParsableCommand {
 
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
-            let station = try options.openStation()
+            let station = try await options.openStation()
             // Serials are stored without leading zero bytes' padding beyond DER's; match what the ledger keeps.
             let query = RecordQuery(
                 limit: limit, state: state.flatMap(RecordState.init(rawValue:)), profile: profile, cnPrefix: cnPrefix,

@@ -54,7 +54,7 @@ struct ManifestJITP: AsyncParsableCommand {
 
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
-            let station = try options.openStation()
+            let station = try await options.openStation()
             let p = try station.config.profile(profile)
             let caConfig = station.config.cas[p.caName]!
             let ca = try CALoader.certificateOnly(caConfig)
@@ -154,7 +154,7 @@ struct ManifestDevices: AsyncParsableCommand {
 
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
-            let station = try options.openStation()
+            let station = try await options.openStation()
             if let profile, station.config.profiles[profile] == nil {
                 // Records keep the attributes they were issued with, so a profile removed since can still be exported.
                 Console.warn(
@@ -223,7 +223,7 @@ struct ManifestRevocations: AsyncParsableCommand {
 
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
-            let station = try options.openStation()
+            let station = try await options.openStation()
             if let out, FileManager.default.fileExists(atPath: out) {
                 throw KeylineError(.ioError, "\(out) already exists; choose another --out or move the old one away")
             }

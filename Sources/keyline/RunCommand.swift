@@ -46,7 +46,7 @@ struct RunCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
-            let station = try options.openStation()
+            let station = try await options.openStation()
             var fixtures = station.config.fixtures.values.sorted { $0.name < $1.name }
             if !fixture.isEmpty {
                 for name in fixture where station.config.fixtures[name] == nil {
@@ -97,7 +97,7 @@ struct WorkOrderCommand: AsyncParsableCommand {
 
         func run() async throws {
             try await runReporting(verbose: options.verbose) {
-                let station = try options.openStation()
+                let station = try await options.openStation()
                 let order = try await WorkOrders.open(
                     station: station, id: id, profile: profile, quantity: quantity,
                     operatorName: station.config.operatorName(option: `operator`))
@@ -126,7 +126,7 @@ struct WorkOrderCommand: AsyncParsableCommand {
 
         func run() async throws {
             try await runReporting(verbose: options.verbose) {
-                let station = try options.openStation()
+                let station = try await options.openStation()
                 var rows: [Row] = []
                 for order in try await WorkOrders.all(station.ledger) {
                     rows.append(
@@ -156,7 +156,7 @@ struct WorkOrderCommand: AsyncParsableCommand {
 
         func run() async throws {
             try await runReporting(verbose: options.verbose) {
-                let station = try options.openStation()
+                let station = try await options.openStation()
                 let order = try await WorkOrders.close(
                     station: station, id: id, operatorName: station.config.operatorName(option: `operator`))
                 let issued = try await WorkOrders.issuedCount(order.id, in: station.ledger)

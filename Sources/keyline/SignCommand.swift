@@ -71,7 +71,7 @@ struct SignCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
-            let station = try options.openStation()
+            let station = try await options.openStation()
             let issuer = try await openIssuer(
                 station: station, profileName: profile, passphraseFile: passphraseFile, operatorOption: `operator`)
             let chainPEM = chain ? try issuer.chainPEM : ""

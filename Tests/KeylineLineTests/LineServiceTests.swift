@@ -50,7 +50,7 @@ final class LineFixture: @unchecked Sendable {
         h.seekToEndOfFile()
         h.write(Data(toml.utf8))
         try h.close()
-        station = try Station.open(directory: dir)
+        station = try await Station.open(directory: dir)
         let issuer = try await station.issuer(
             profile: "line", passphraseFile: nil, operatorName: "tester", credentialsDirectory: nil)
         let clock = Clock()

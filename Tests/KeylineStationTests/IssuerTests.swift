@@ -12,7 +12,7 @@ import X509
 func newStation() async throws -> (Station, String) {
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("keyline-station-\(UUID().uuidString)").path
     _ = try await StationSetup.initialize(directory: dir)
-    return (try Station.open(directory: dir), dir)
+    return (try await Station.open(directory: dir), dir)
 }
 
 func csrDER(
