@@ -58,8 +58,17 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     }
 
     /// Connects, runs pending migrations (unless `migrate` is false) and makes sure the station's chain row exists.
+    /// Read-only access to a station's chains (QA's role): no migration, no registration of the station.
+    public static func connect(
+        options: ConnectionOptions, stationID: String, schema: String = "keyline"
+    ) async throws -> PostgresLedger {
+        try await PostgresLedger(
+            options: options, stationID: stationID, schema: schema, migrate: false, register: false)
+    }
+
     public init(
-        options: ConnectionOptions, stationID: String, schema: String = "keyline", migrate: Bool = true
+        options: ConnectionOptions, stationID: String, schema: String = "keyline", migrate: Bool = true,
+        register: Bool = true
     ) async throws {
         guard schema.range(of: "^[a-z_][a-z0-9_]{0,62}$", options: .regularExpression) != nil else {
             throw KeylineError(.configuration, "schema '\(schema)' must be a lower-case SQL identifier")
@@ -79,17 +88,24 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         runner = Task { await client.run() }
         do {
             if migrate { try await self.migrate() } else { try await checkSchema() }
-            try await write("registering the station") { conn in
-                try await conn.query(
-                    PostgresQuery(
-                        unsafeSQL: """
-                            INSERT INTO \(schema).stations (station_id, record_seq, record_hash, event_seq, event_hash)
-                            VALUES ($1, 0, $2, 0, $2) ON CONFLICT (station_id) DO NOTHING
-                            """, binds: Self.binds(stationID, LedgerRecord.genesisHash)), logger: self.logger)
-            }
+            if register { try await self.register() }
         } catch {
             runner.cancel()
             throw error
+        }
+    }
+
+    /// Makes sure the station's chain row exists (a station's first start).
+    func register() async throws {
+        let schema = schema
+        let stationID = stationID
+        try await write("registering the station") { conn in
+            try await conn.query(
+                PostgresQuery(
+                    unsafeSQL: """
+                        INSERT INTO \(schema).stations (station_id, record_seq, record_hash, event_seq, event_hash)
+                        VALUES ($1, 0, $2, 0, $2) ON CONFLICT (station_id) DO NOTHING
+                        """, binds: Self.binds(stationID, LedgerRecord.genesisHash)), logger: self.logger)
         }
     }
 
@@ -181,7 +197,30 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
                     FOR EACH ROW EXECUTE FUNCTION \(s).refuse_rewrite()
                     """,
                 ]
-            )
+            ),
+            // v2: least privilege. SCHEMA_station may read, insert records and events, change a record's state and
+            // move its own chain heads; SCHEMA_qa may only read. Grant one to each station's login role and to
+            // QA's (docs/operations.md). Neither may delete or alter anything else.
+            (
+                "v2",
+                [
+                    """
+                    DO $$ BEGIN
+                        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '\(s)_station') THEN
+                            CREATE ROLE \(s)_station NOLOGIN;
+                        END IF;
+                        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '\(s)_qa') THEN
+                            CREATE ROLE \(s)_qa NOLOGIN;
+                        END IF;
+                    END $$
+                    """,
+                    "GRANT USAGE ON SCHEMA \(s) TO \(s)_station, \(s)_qa",
+                    "GRANT SELECT ON ALL TABLES IN SCHEMA \(s) TO \(s)_station, \(s)_qa",
+                    "GRANT INSERT ON \(s).records, \(s).events, \(s).stations TO \(s)_station",
+                    "GRANT UPDATE (state, updated_at) ON \(s).records TO \(s)_station",
+                    "GRANT UPDATE (record_seq, record_hash, event_seq, event_hash) ON \(s).stations TO \(s)_station",
+                ]
+            ),
         ]
     }
 

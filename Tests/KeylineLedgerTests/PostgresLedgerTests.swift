@@ -103,6 +103,47 @@ struct PostgresLedgerTests {
         #expect(try await ledger.verify().isIntact)
     }
 
+    @Test("the station role issues and changes states but cannot delete or rewrite; the QA role only reads")
+    func roles() async throws {
+        let owner = try await stations(["line-1"])[0]
+        let schema = owner.schema
+        let base = try PostgresLedger.ConnectionOptions.parse(Backend.postgresURL!, password: nil)
+        let login = "l" + String(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(12))
+        for statement in [
+            "CREATE ROLE \(login)_st LOGIN IN ROLE \(schema)_station",
+            "CREATE ROLE \(login)_qa LOGIN IN ROLE \(schema)_qa",
+        ] {
+            try await owner.client.query(PostgresQuery(unsafeSQL: statement))
+        }
+        var o = base
+        o.user = "\(login)_st"
+        let station = try await PostgresLedger(options: o, stationID: "line-2", schema: schema, migrate: false)
+        let r = try await issueAt(station, "SN-R1")
+        _ = try await station.transition(
+            recordSeq: r.seq, to: .failed,
+            event: EventContent(
+                kind: .failed, recordSeq: r.seq, cn: "SN-R1", detail: "x", stationID: "line-2", operatorName: "op",
+                at: Date()))
+        #expect(try await station.verify().isIntact)
+        for statement in [
+            "DELETE FROM \(schema).records", "UPDATE \(schema).records SET cn = 'X'", "DELETE FROM \(schema).events",
+            "TRUNCATE \(schema).events", "DROP TABLE \(schema).records", "UPDATE \(schema).events SET detail = 'x'",
+        ] {
+            do {
+                try await station.client.query(PostgresQuery(unsafeSQL: statement))
+                Issue.record("the station role could run: \(statement)")
+            } catch let e as PSQLError {
+                #expect(e.serverInfo?[.sqlState] == "42501", "\(statement): \(String(reflecting: e))")
+            }
+        }
+        o.user = "\(login)_qa"
+        let qa = try await PostgresLedger.connect(options: o, stationID: "line-2", schema: schema)
+        #expect(try await qa.records(RecordQuery()).map(\.content.cn) == ["SN-R1"])
+        #expect(try await qa.verify().isIntact)
+        await #expect(throws: KeylineError.self) { try await issueAt(qa, "SN-R2") }
+        #expect(try await station.count() == 1)
+    }
+
     @Test("an unreachable server is an 'unavailable' error naming the database within the reach timeout")
     func unreachable() async throws {
         await #expect(throws: KeylineError.self) {

@@ -51,7 +51,7 @@ def test_migrate_is_explicit_and_stations_share_uniqueness(tmp_path: Path, datab
     assert r.rc == EXIT_CONFIG and "run 'keyline ledger migrate'" in r.err, r
     r = a.run("ledger", "migrate")
     assert_exit(r, EXIT_OK)
-    assert "is at v1" in r.out
+    assert "is at v2: v1, v2" in r.out
     assert_exit(a.run("ledger", "migrate"), EXIT_OK)  # again: nothing to do
     b = pg_station(tmp_path / "b", database)
     csrs = tmp_path / "csrs"
@@ -124,3 +124,62 @@ def test_ledger_settings_errors(station: Station, line: str, message: str):
     r = station.run("config", "check")
     assert r.rc == EXIT_CONFIG and message in r.err, r
     assert "secret" not in r.err
+
+
+def test_outage_fails_devices_cleanly_and_the_daemon_resumes(tmp_path: Path):
+    """PostgreSQL stops in the middle of a line run: devices FAIL with the operator's message and an ALARM, nothing
+    is issued; it starts again and the same daemon process goes on issuing."""
+    import shutil
+    import tempfile
+    import time
+    from test_line import DEVSIM, configure_line, start_daemon
+
+    repo = Path(__file__).resolve().parents[2]
+    cluster = Path(tempfile.mkdtemp(prefix="kl-pg-"))
+    short = Path(tempfile.mkdtemp(prefix="kl-"))
+    ctl = [str(repo / "Scripts" / "pg-cluster")]
+    try:
+        url = subprocess.run(ctl + ["start", str(cluster)], check=True, capture_output=True, text=True).stdout.strip()
+        st = pg_station(tmp_path / "s", url)
+        assert_exit(st.run("ledger", "migrate"), EXIT_OK)
+        sock = short / "f"
+        configure_line(st, {"fx": f'transport = "socket"\naddress = "unix:{sock}"'},
+                       daemon_extra="alarm_refusals = 2")
+        d = start_daemon(st)
+        results = []
+        try:
+            def device(hw):
+                p = subprocess.Popen([str(DEVSIM), "--hardware-id", hw, "--listen", f"unix:{sock}"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                p.stdout.readline()
+                n = len(d.devices())
+                deadline = time.time() + 40
+                while len(d.devices()) == n and time.time() < deadline:
+                    time.sleep(0.05)
+                p.kill()
+                p.wait()
+                results.append(d.devices()[-1])
+
+            device("UP-1")
+            subprocess.run(ctl + ["stop", str(cluster)], check=True)
+            device("DOWN-1")
+            device("DOWN-2")
+            subprocess.run(ctl + ["start", str(cluster)], check=True, capture_output=True)
+            device("UP-2")
+        finally:
+            code, out, err = d.stop()
+        assert code == 0, err
+        assert [(r["hardware_id"], r["result"]) for r in results] == [
+            ("UP-1", "pass"), ("DOWN-1", "fail"), ("DOWN-2", "fail"), ("UP-2", "pass")], results
+        for r in results[1:3]:
+            assert "does not answer" in r["reason"] and "issuance is refused until it is back" in r["reason"], r
+        assert any(e.get("event") == "alarm" for e in d.entries()), "no ALARM when refusals spiked"
+        lr = st.run("ledger", "list", "--json")
+        assert_exit(lr, EXIT_OK)
+        assert [(x["cn"], x["state"]) for x in json.loads(lr.out)["records"]] == [
+            ("SN-UP-1", "delivered"), ("SN-UP-2", "delivered")]
+        assert_exit(st.run("ledger", "verify"), EXIT_OK)
+    finally:
+        subprocess.run(ctl + ["stop", str(cluster)], capture_output=True)
+        shutil.rmtree(cluster, ignore_errors=True)
+        shutil.rmtree(short, ignore_errors=True)
