@@ -88,7 +88,17 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         runner = Task { await client.run() }
         do {
             if migrate { try await self.migrate() } else { try await checkSchema() }
-            if register { try await self.register() }
+            if register {
+                try await self.register()
+            } else {
+                let known = try await stationIDs()
+                guard known.contains(stationID) else {
+                    throw KeylineError(
+                        .configuration,
+                        "station '\(stationID)' has no chain in the ledger database \(place) (stations there: \(known.isEmpty ? "none" : known.joined(separator: ", ")))"
+                    )
+                }
+            }
         } catch {
             runner.cancel()
             throw error
@@ -99,8 +109,8 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     func register() async throws {
         let schema = schema
         let stationID = stationID
-        try await write("registering the station") { conn in
-            try await conn.query(
+        _ = try await write("registering the station") { conn in
+            try await conn.exec(
                 PostgresQuery(
                     unsafeSQL: """
                         INSERT INTO \(schema).stations (station_id, record_seq, record_hash, event_seq, event_hash)
@@ -256,10 +266,10 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     /// not race.
     public func migrate() async throws {
         try await write("migrating the ledger") { conn in
-            try await conn.query("SELECT pg_advisory_xact_lock(4242421)", logger: self.logger)
-            try await conn.query(
+            try await conn.exec("SELECT pg_advisory_xact_lock(4242421)", logger: self.logger)
+            try await conn.exec(
                 PostgresQuery(unsafeSQL: "CREATE SCHEMA IF NOT EXISTS \(self.schema)"), logger: self.logger)
-            try await conn.query(
+            try await conn.exec(
                 PostgresQuery(
                     unsafeSQL:
                         "CREATE TABLE IF NOT EXISTS \(self.schema).schema_migrations (version TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
@@ -270,9 +280,9 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
             for try await v in rows.decode(String.self) { applied.insert(v) }
             for (version, statements) in self.migrations where !applied.contains(version) {
                 for statement in statements {
-                    try await conn.query(PostgresQuery(unsafeSQL: statement), logger: self.logger)
+                    try await conn.exec(PostgresQuery(unsafeSQL: statement), logger: self.logger)
                 }
-                try await conn.query(
+                try await conn.exec(
                     PostgresQuery(
                         unsafeSQL: "INSERT INTO \(self.schema).schema_migrations (version) VALUES ($1)",
                         binds: Self.binds(version)), logger: self.logger)
@@ -332,37 +342,96 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         }
     }
 
+    /// The pauses between attempts of a transaction the server aborted for a reason that is safe to retry (a
+    /// serialization failure, a deadlock, a connection lost before COMMIT was sent); a quarter of each is jitter.
+    /// After the last, the error reaches the caller.
+    public var retryDelays: [Duration] = [.milliseconds(50), .milliseconds(200), .milliseconds(800)]
+
+    /// Fault injection for tests: runs inside every write transaction just before its COMMIT, with the attempt
+    /// number (0 first).
+    var beforeCommit: (@Sendable (PostgresConnection, Int) async throws -> Void)?
+
+    /// The server answered COMMIT with something else (ROLLBACK: it had aborted the transaction): nothing was
+    /// committed, so the attempt may run again.
+    struct RolledBack: Error {
+        let answer: String
+    }
+
+    /// Whether COMMIT went to the server in an attempt (after that, a lost connection leaves the outcome unknown).
+    final class CommitSent: @unchecked Sendable {
+        var value = false
+    }
+
+    /// Whether a failed attempt is certain to have changed nothing and may run again: the server rolled it back
+    /// (serialization failure, deadlock, lock timeout, the backend terminated) or the connection was lost before
+    /// COMMIT was sent. A read-only transaction may always run again.
+    static func retryable(sqlState: String?, commitSent: Bool, readOnly: Bool) -> Bool {
+        if let state = sqlState {
+            if ["40001", "40P01", "55P03"].contains(state) { return true }
+            // Admin shutdown / crash shutdown / cannot connect now / connection exceptions: the session is gone.
+            if state.hasPrefix("57P") || state.hasPrefix("08") { return readOnly || !commitSent }
+            return false
+        }
+        return readOnly || !commitSent
+    }
+
     /// A transaction on one connection (`begin` opens it); errors become Keyline errors with the operator's
-    /// wording, the caller's own errors pass through as they are.
+    /// wording, the caller's own errors pass through as they are. The body runs again, from BEGIN, after a
+    /// failure ``retryable(sqlState:commitSent:readOnly:)`` calls safe (so it must not have effects outside the
+    /// transaction that a second run would repeat wrongly; signing again is fine: nothing was committed).
     func transaction<T: Sendable>(
         _ context: String, begin: String, _ body: (PostgresConnection) async throws -> T
     ) async throws -> T {
-        do {
-            try await ensureReachable(context)
-            return try await client.withConnection { conn in
-                try await conn.query(PostgresQuery(unsafeSQL: begin), logger: logger)
-                do {
-                    let value: T
+        let readOnly = begin.hasSuffix("READ ONLY")
+        var attempt = 0
+        while true {
+            let sent = CommitSent()
+            do {
+                try await ensureReachable(context)
+                return try await client.withConnection { conn in
+                    try await conn.exec(PostgresQuery(unsafeSQL: begin), logger: logger)
                     do {
-                        value = try await body(conn)
-                    } catch let e as PSQLError {
-                        throw e
+                        let value: T
+                        do {
+                            value = try await body(conn)
+                        } catch let e as PSQLError {
+                            throw e
+                        } catch {
+                            throw Passthrough(error: error)
+                        }
+                        if !readOnly, let hook = beforeCommit { try await hook(conn, attempt) }
+                        sent.value = true
+                        try await conn.commit(logger: logger)
+                        return value
                     } catch {
-                        throw Passthrough(error: error)
+                        _ = try? await conn.query("ROLLBACK", logger: logger)
+                        throw error
                     }
-                    try await conn.query("COMMIT", logger: logger)
-                    return value
-                } catch {
-                    _ = try? await conn.query("ROLLBACK", logger: logger)
-                    throw error
                 }
+            } catch let p as Passthrough {
+                throw p.error
+            } catch let e as KeylineError {
+                throw e
+            } catch {
+                let rolledBack = error as? RolledBack
+                if attempt < retryDelays.count,
+                    rolledBack != nil
+                        || Self.retryable(sqlState: Self.sqlState(error), commitSent: sent.value, readOnly: readOnly)
+                {
+                    let delay = retryDelays[attempt]
+                    let jitter = Double.random(in: 0...0.25)
+                    try? await Task.sleep(for: delay + delay * jitter)
+                    attempt += 1
+                    continue
+                }
+                if let rolledBack {
+                    throw KeylineError(
+                        .temporaryFailure,
+                        "the ledger database rolled the transaction back (\(context): it answered \(rolledBack.answer) to COMMIT); nothing was recorded, try again"
+                    )
+                }
+                throw Self.map(error, context: context)
             }
-        } catch let p as Passthrough {
-            throw p.error
-        } catch let e as KeylineError {
-            throw e
-        } catch {
-            throw Self.map(error, context: context)
         }
     }
 
@@ -386,11 +455,17 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
                 let message = e.serverInfo?[.message] ?? state
                 switch state {
                 case "23505":
+                    let detail = e.serverInfo?[.detail].map { " \($0)" } ?? ""
                     return KeylineError(
-                        .policyRefusal, "ledger constraint refused the write (\(context): \(message))",
+                        .policyRefusal, "ledger constraint refused the write (\(context): \(message).\(detail))",
                         rule: "ledger-constraint")
                 case "40001", "40P01", "55P03":
                     return KeylineError(.temporaryFailure, "\(context): \(message); try again")
+                case let s where s.hasPrefix("57P") || s.hasPrefix("08"):
+                    return KeylineError(
+                        .unavailable,
+                        "the ledger database closed the connection (\(context): \(message)); issuance is refused until it is back"
+                    )
                 case "42501":
                     return KeylineError(.unavailable, "\(context): permission denied: \(message)")
                 case "P0001":
@@ -479,7 +554,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     }
 
     func saveHeads(_ conn: PostgresConnection, _ h: LedgerHeads) async throws {
-        try await conn.query(
+        try await conn.exec(
             sql(
                 "UPDATE @.stations SET record_seq = $2, record_hash = $3, event_seq = $4, event_hash = $5 WHERE station_id = $1",
                 stationID, h.recordsSeq, h.recordsHash, h.eventsSeq, h.eventsHash), logger: logger)
@@ -494,7 +569,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         let event = LedgerEvent(
             seq: seq, content: content, prevHash: heads.eventsHash,
             hash: ChainHash.event(seq: seq, prevHash: heads.eventsHash, content: content))
-        try await conn.query(
+        try await conn.exec(
             sql(
                 """
                 INSERT INTO @.events (chain, seq, kind, record_seq, cn, detail, station_id, operator, at, prev_hash, hash)
@@ -509,7 +584,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
 
     func insert(_ conn: PostgresConnection, _ r: LedgerRecord) async throws {
         let c = r.content
-        try await conn.query(
+        try await conn.exec(
             sql(
                 """
                 INSERT INTO @.records (chain, seq, cn, serial_hex, cert_sha256, pubkey_sha256, ca_sha256, ca_name, profile,
@@ -574,6 +649,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         var out: [LedgerRecord] = []
         do {
             out = try await write("committing to the ledger") { conn in
+                refused = nil
                 var heads = try await lockHeads(conn)
                 var cns: Set<String> = []
                 var keys: Set<String> = []
@@ -663,7 +739,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
                 ).first
             else { throw KeylineError(.dataError, "no record with seq \(recordSeq)") }
             if let error = LedgerRecord.transitionRefusal(current, to: state) { throw error }
-            try await conn.query(
+            try await conn.exec(
                 sql(
                     "UPDATE @.records SET state = $3, updated_at = $4 WHERE chain = $1 AND seq = $2", stationID,
                     recordSeq, state.rawValue, Timestamp.millis(event.at)), logger: logger)
@@ -886,6 +962,22 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     }
 
     public func verify() async throws -> VerificationReport {
+        try await verify(chain: stationID)
+    }
+
+    /// Every station with a chain in this database, in name order.
+    public func stationIDs() async throws -> [String] {
+        try await read("listing the stations") { conn in
+            var out: [String] = []
+            let rows = try await conn.query(
+                sql("SELECT station_id FROM @.stations ORDER BY station_id"), logger: logger)
+            for try await id in rows.decode(String.self) { out.append(id) }
+            return out
+        }
+    }
+
+    /// Walks one station's chains (any station's: QA verifies them all with `ledger verify --all-stations`).
+    public func verify(chain stationID: String) async throws -> VerificationReport {
         try await read("verifying the ledger") { conn in
             var verifier = ChainVerifier()
             var stateEvents: [Int64: [EventKind]] = [:]
@@ -945,5 +1037,20 @@ public enum PostgresTLS {
             }
             return .require(tls)
         }
+    }
+}
+
+extension PostgresConnection {
+    /// Runs a statement and reads its result to the end, so an error the server reports for it is thrown here
+    /// and not left in a discarded row stream (where the transaction would go on aborted, unnoticed).
+    func exec(_ query: PostgresQuery, logger: Logger) async throws {
+        for try await _ in try await self.query(query, logger: logger) {}
+    }
+
+    /// Commits, and makes sure the server did: a COMMIT of a transaction the server had already aborted answers
+    /// "ROLLBACK", not an error, and a certificate must never leave on a rolled-back record.
+    func commit(logger: Logger) async throws {
+        let answer = try await (self as any PostgresDatabase).query("COMMIT", []).get().metadata.command
+        guard answer == "COMMIT" else { throw PostgresLedger.RolledBack(answer: answer) }
     }
 }

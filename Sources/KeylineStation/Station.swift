@@ -20,10 +20,12 @@ public struct Station: Sendable {
         return FileManager.default.currentDirectoryPath
     }
 
-    /// Opens the station at `directory`: reads `station.toml` and opens its ledger.
-    public static func open(directory: String) async throws -> Station {
+    /// Opens the station at `directory`: reads `station.toml` and opens its ledger. `readOnly` is for commands
+    /// that only read (QA's `ledger verify`, `list`, `search`, `show`, `stats`): a PostgreSQL ledger is then opened
+    /// without registering the station, so the read-only QA role can run them.
+    public static func open(directory: String, readOnly: Bool = false) async throws -> Station {
         let config = try StationConfig.load(directory: directory)
-        return Station(config: config, ledger: try await openLedger(config))
+        return Station(config: config, ledger: try await openLedger(config, readOnly: readOnly))
     }
 
     /// Opens the issuer for a profile: finds the profile and its CA, opens the CA key through the key guard.
@@ -56,19 +58,30 @@ public struct Station: Sendable {
     /// Opens the configured ledger. A PostgreSQL ledger is not migrated here (the station's role may not change
     /// the schema): `migrate` is for `keyline ledger migrate`, run with the owner's role.
     public static func openLedger(
-        _ config: StationConfig, create: Bool = false, migrate: Bool = false,
+        _ config: StationConfig, create: Bool = false, migrate: Bool = false, readOnly: Bool = false,
         environment: [String: String] = ProcessInfo.processInfo.environment
     ) async throws -> any Ledger {
         switch config.ledger {
         case .sqlite(let path): return try SQLiteLedger(path: path, stationID: config.stationID, create: create)
         case .postgres(let url):
-            let password = try postgresPassword(config.postgres, environment: environment)
-            var options = try PostgresLedger.ConnectionOptions.parse(url, password: password)
-            options.tls = try PostgresTLS.make(
-                mode: PostgresTLS.Mode(rawValue: config.postgres.sslMode.rawValue) ?? .verifyFull,
-                caFile: config.postgres.caFile)
+            let options = try postgresOptions(url: url, settings: config.postgres, environment: environment)
+            if readOnly && !migrate {
+                return try await PostgresLedger.connect(options: options, stationID: config.stationID)
+            }
             return try await PostgresLedger(options: options, stationID: config.stationID, migrate: migrate)
         }
+    }
+
+    /// Connection options for a `postgres://USER@HOST:PORT/DB` ledger URL with its password and TLS settings.
+    public static func postgresOptions(
+        url: String, settings: PostgresSettings,
+        environment: [String: String] = ProcessInfo.processInfo.environment
+    ) throws -> PostgresLedger.ConnectionOptions {
+        let password = try postgresPassword(settings, environment: environment)
+        var options = try PostgresLedger.ConnectionOptions.parse(url, password: password)
+        options.tls = try PostgresTLS.make(
+            mode: PostgresTLS.Mode(rawValue: settings.sslMode.rawValue) ?? .verifyFull, caFile: settings.caFile)
+        return options
     }
 
     /// The database password: `ledger_password_file` (guarded like a key's passphrase), else the systemd credential

@@ -71,8 +71,8 @@ struct StationOptions: ParsableArguments {
     }
 
     /// Opens the station and prints the warnings every command owes its user.
-    func openStation() async throws -> Station {
-        let station = try await Station.open(directory: Station.locate(explicit: station))
+    func openStation(readOnly: Bool = false) async throws -> Station {
+        let station = try await Station.open(directory: Station.locate(explicit: station), readOnly: readOnly)
         station.warnings.forEach(Console.warn)
         return station
     }

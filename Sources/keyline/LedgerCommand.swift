@@ -12,6 +12,7 @@ struct LedgerCommand: AsyncParsableCommand {
         subcommands: [
             LedgerVerify.self, LedgerList.self, LedgerSearch.self, LedgerShow.self, LedgerStatsCommand.self,
             LedgerRevoke.self, LedgerCheckpointCommand.self, LedgerReconcile.self, LedgerMigrate.self,
+            LedgerCopyCommand.self,
         ]
     )
 }
@@ -45,6 +46,129 @@ struct LedgerMigrate: AsyncParsableCommand {
                 Console.out("ledger \(config.ledger) is up to date (SQLite ledgers migrate when opened)\n")
             }
         }
+    }
+}
+
+struct LedgerCopyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "copy",
+        abstract: "Move a station's SQLite ledger into the organization's PostgreSQL ledger, chain intact.",
+        discussion: """
+            Copies every record and event with its sequence number, state, timestamps and hash into the \
+            destination's chain for the same station, in one transaction, then verifies the destination and \
+            checks that its heads equal the source's. Stop the station first ('systemctl stop keyline'); records \
+            made during the copy are not copied.
+
+            Refused, with nothing written: a source that does not verify (exit 4); a destination chain for the \
+            station that already holds records or events, or a CN, serial, certificate or public key another \
+            station already holds (exit 65); a database that does not answer (exit 69) or lacks migrations \
+            (exit 78: run 'keyline ledger migrate' first).
+
+            The password comes from --password-file (guarded like a passphrase: owner-only, no symlink) or the \
+            systemd credential keyline-ledger-password; never from the URL or the command line.
+
+            After the copy, point station.toml at the database (ledger = "postgres://..."); keep the SQLite file \
+            as the archive it now is.
+
+            Example:
+              keyline ledger copy --from sqlite:/srv/keyline/ledger.sqlite \\
+                --to postgres://keyline_line1@db.factory:5432/keyline --password-file /etc/keyline/ledger-password
+            """)
+
+    @Option(name: .long, help: ArgumentHelp("The ledger to copy: sqlite:PATH.", valueName: "sqlite:PATH"))
+    var from: String
+    @Option(
+        name: .long,
+        help: ArgumentHelp("The destination: postgres://USER@HOST:PORT/DATABASE.", valueName: "URL"))
+    var to: String
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The station id whose chain this is (default: the one its records and events carry).", valueName: "ID"))
+    var stationID: String?
+    @Option(name: .long, help: ArgumentHelp("A file holding the database password.", valueName: "FILE"))
+    var passwordFile: String?
+    @Option(name: .long, help: "TLS to the database: disable, require or verify-full.") var sslmode = "verify-full"
+    @Option(name: .long, help: ArgumentHelp("CA certificates (PEM) for verify-full.", valueName: "FILE"))
+    var caFile: String?
+    @Option(name: .long, help: "The PostgreSQL schema the ledger lives in.") var schema = "keyline"
+    @Flag(name: .long, help: "Print the report as JSON.") var json = false
+    @Flag(name: .long, help: "Print more detail with errors.") var verbose = false
+
+    struct Report: Encodable {
+        var station_id: String
+        var records: Int
+        var events: Int
+        var intact: Bool
+        var heads_match: Bool
+        var records_head_seq: Int64
+        var records_head_hash: String
+        var events_head_seq: Int64
+        var events_head_hash: String
+    }
+
+    func run() async throws {
+        try await runReporting(verbose: verbose) {
+            guard from.hasPrefix("sqlite:"), from.count > 7 else {
+                throw KeylineError(.usage, "--from must be sqlite:PATH (got '\(from)')")
+            }
+            let path = String(from.dropFirst(7))
+            guard let mode = PostgresSettings.SSLMode(rawValue: sslmode) else {
+                throw KeylineError(.usage, "--sslmode must be disable, require or verify-full (got '\(sslmode)')")
+            }
+            var settings = PostgresSettings()
+            settings.passwordFile = passwordFile
+            settings.sslMode = mode
+            settings.caFile = caFile
+            let options = try Station.postgresOptions(url: to, settings: settings)
+            // The source must exist; opening it never creates one.
+            let probe = try SQLiteLedger(path: path, stationID: stationID ?? "")
+            var id = stationID ?? ""
+            if stationID == nil { id = try await Self.recordedStationID(probe, path: path) }
+            let source = try SQLiteLedger(path: path, stationID: id)
+            let destination = try await PostgresLedger(
+                options: options, stationID: id, schema: schema, migrate: false)
+            let report = try await destination.copyChain(from: source)
+            let h = report.destinationHeads
+            if json {
+                try Console.json(
+                    Report(
+                        station_id: id, records: report.records, events: report.events,
+                        intact: report.verification.isIntact, heads_match: h == report.sourceHeads,
+                        records_head_seq: h.recordsSeq, records_head_hash: h.recordsHash,
+                        events_head_seq: h.eventsSeq, events_head_hash: h.eventsHash))
+            } else {
+                Console.out(
+                    "copied station \(id): \(report.records) records and \(report.events) events from \(path) to \(options.host):\(options.port)/\(options.database) (schema \(schema))\n"
+                )
+            }
+            guard report.matches else {
+                let why =
+                    report.verification.isIntact
+                    ? "its heads (\(h.summary)) differ from the source's (\(report.sourceHeads.summary))"
+                    : "its chain does not verify: \(report.verification.problems.first ?? "")"
+                throw KeylineError(.integrity, "the copy committed but \(why)")
+            }
+            if !json {
+                Console.out("verified: chain intact; \(h.summary), the same as the source\n")
+            }
+        }
+    }
+
+    /// The station id a ledger's rows carry (all of them must agree).
+    static func recordedStationID(_ ledger: SQLiteLedger, path: String) async throws -> String {
+        var ids: Set<String> = []
+        try await ledger.forEachEvent(kinds: nil, afterSeq: 0) { ids.insert($0.content.stationID) }
+        try await ledger.forEachRecord(RecordQuery()) { ids.insert($0.content.stationID) }
+        guard ids.count == 1, let id = ids.first else {
+            throw KeylineError(
+                .usage,
+                ids.isEmpty
+                    ? "\(path) holds no records or events, so there is nothing to copy"
+                    : "\(path) holds rows of several stations (\(ids.sorted().joined(separator: ", "))); name the chain with --station-id"
+            )
+        }
+        return id
     }
 }
 
@@ -125,6 +249,14 @@ struct LedgerVerify: AsyncParsableCommand {
             export) it also checks the checkpoint's signature and that the ledger still holds every record and \
             event it covered, and says how many are missing. Give --public-key with QA's own copy of the station's \
             public key; by default the station's station-signing.pem is used.
+
+            On a PostgreSQL ledger shared by many stations, --all-stations walks every station's chains (QA's \
+            read-only role is enough for this and for list, search, show and stats). Exit 4 when any is broken.
+
+            Examples:
+              keyline ledger verify
+              keyline ledger verify --checkpoint /qa/line-1/2026-11-29.checkpoint --public-key /qa/line-1.pem
+              keyline ledger verify --all-stations --json
             """
     )
 
@@ -137,6 +269,69 @@ struct LedgerVerify: AsyncParsableCommand {
         name: .long,
         help: ArgumentHelp("The station public key (PEM) to check the checkpoint with.", valueName: "PEM"))
     var publicKey: String?
+    @Flag(name: .long, help: "Verify every station's chains in a shared PostgreSQL ledger.") var allStations = false
+
+    struct StationReport: Encodable {
+        var station_id: String
+        var intact: Bool
+        var records: Int
+        var events: Int
+        var first_bad_record_seq: Int64?
+        var first_bad_event_seq: Int64?
+        var problems: [String]
+        var head_seq: Int64
+        var head_hash: String
+    }
+
+    struct AllStationsReport: Encodable {
+        var intact: Bool
+        var stations: [StationReport]
+    }
+
+    func verifyAllStations(_ station: Station) async throws {
+        guard let pg = station.ledger as? PostgresLedger else {
+            throw KeylineError(
+                .usage, "--all-stations is for a PostgreSQL ledger; this station's SQLite ledger holds one station")
+        }
+        guard checkpoint == nil else {
+            throw KeylineError(.usage, "--checkpoint belongs to one station's ledger; leave out --all-stations")
+        }
+        var reports: [StationReport] = []
+        for id in try await pg.stationIDs() {
+            let r = try await pg.verify(chain: id)
+            reports.append(
+                StationReport(
+                    station_id: id, intact: r.isIntact, records: r.recordsChecked, events: r.eventsChecked,
+                    first_bad_record_seq: r.firstBadRecordSeq, first_bad_event_seq: r.firstBadEventSeq,
+                    problems: r.problems, head_seq: r.headSeq, head_hash: r.headHash))
+        }
+        let broken = reports.filter { !$0.intact }
+        if json {
+            try Console.json(AllStationsReport(intact: broken.isEmpty, stations: reports))
+        } else {
+            for r in reports {
+                if r.intact {
+                    Console.out(
+                        "station \(r.station_id): intact, \(r.records) records, \(r.events) events, head seq \(r.head_seq) hash \(r.head_hash)\n"
+                    )
+                } else {
+                    Console.out("station \(r.station_id): TAMPERED, \(r.problems.count) problem(s)\n")
+                    r.problems.forEach { Console.out("  \($0)\n") }
+                }
+            }
+            Console.out(
+                "\(reports.count) station(s), \(reports.reduce(0) { $0 + $1.records }) records: \(broken.isEmpty ? "all intact" : "\(broken.count) broken")\n"
+            )
+        }
+        if !broken.isEmpty {
+            Console.error(
+                KeylineError(
+                    .integrity,
+                    "ledger integrity check failed for station(s) \(broken.map(\.station_id).joined(separator: ", "))"),
+                verbose: options.verbose)
+            throw ExitCode(KeylineError.Code.integrity.exitStatus)
+        }
+    }
 
     struct CheckpointReport: Encodable {
         var file: String
@@ -184,7 +379,8 @@ struct LedgerVerify: AsyncParsableCommand {
 
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
-            let station = try await options.openStation()
+            let station = try await options.openStation(readOnly: true)
+            if allStations { return try await verifyAllStations(station) }
             // The chain first: a broken chain is the finding, whatever the checkpoint says.
             let r = try await station.ledger.verify()
             var verdict: LedgerCheckpoint.Verdict?
@@ -276,7 +472,7 @@ struct LedgerList: AsyncParsableCommand {
 
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
-            let station = try await options.openStation()
+            let station = try await options.openStation(readOnly: true)
             let records = try await station.ledger.records(
                 RecordQuery(
                     limit: limit, state: state.flatMap(RecordState.init(rawValue:)), profile: profile,
@@ -325,7 +521,7 @@ struct LedgerShow: AsyncParsableCommand {
 
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
-            let station = try await options.openStation()
+            let station = try await options.openStation(readOnly: true)
             guard let record = try await station.ledger.record(cn: cn) else {
                 throw KeylineError(.dataError, "no certificate for CN '\(cn)' in the ledger")
             }

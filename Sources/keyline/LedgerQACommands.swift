@@ -258,7 +258,7 @@ struct LedgerStatsCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
-            let station = try await options.openStation()
+            let station = try await options.openStation(readOnly: true)
             let s = try await LedgerStats.compute(station: station)
             if json {
                 try Console.json(s)
@@ -358,7 +358,7 @@ struct LedgerSearch: AsyncParsableCommand {
 
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
-            let station = try await options.openStation()
+            let station = try await options.openStation(readOnly: true)
             // Serials are stored without leading zero bytes' padding beyond DER's; match what the ledger keeps.
             let query = RecordQuery(
                 limit: limit, state: state.flatMap(RecordState.init(rawValue:)), profile: profile, cnPrefix: cnPrefix,

@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import PostgresNIO
 import Testing
 
@@ -174,5 +175,255 @@ struct PostgresLedgerTests {
         #expect(throws: KeylineError.self) {
             try PostgresLedger.ConnectionOptions.parse("postgres://a@h/", password: nil)
         }
+    }
+
+    // MARK: - Retries
+
+    /// Counts attempts from a fault-injection hook.
+    final class Attempts: @unchecked Sendable {
+        private let lock = NSLock()
+        private var n = 0
+        func next() -> Int {
+            lock.lock()
+            defer { lock.unlock() }
+            n += 1
+            return n - 1
+        }
+        var count: Int {
+            lock.lock()
+            defer { lock.unlock() }
+            return n
+        }
+    }
+
+    @Test("a serialization failure before COMMIT is retried: one record, the chain intact")
+    func retriesSerializationFailure() async throws {
+        let ledger = try await stations(["line-1"])[0]
+        let attempts = Attempts()
+        let log = ledger.logger
+        ledger.beforeCommit = { conn, attempt in
+            _ = attempts.next()
+            if attempt == 0 {
+                try await conn.exec(
+                    "DO $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = 'serialization_failure'; END $$",
+                    logger: log)
+            }
+        }
+        let signed = Attempts()
+        let r = try await ledger.issue(reservation("SN-RETRY")) {
+            _ = signed.next()
+            return content($0)
+        }
+        #expect(attempts.count == 2 && signed.count == 2, "signed again on the second attempt")
+        #expect(r.seq == 1)
+        ledger.beforeCommit = nil
+        #expect(try await ledger.count() == 1)
+        #expect(try await ledger.records(RecordQuery()).map(\.content.serialHex) == [r.content.serialHex])
+        #expect(try await ledger.verify().isIntact)
+    }
+
+    @Test("a connection the server drops before COMMIT is retried on a new one")
+    func retriesDroppedConnection() async throws {
+        let ledger = try await stations(["line-1"])[0]
+        let attempts = Attempts()
+        let log = ledger.logger
+        ledger.beforeCommit = { conn, attempt in
+            _ = attempts.next()
+            // The server ends this very session, as a failover or an admin's pg_terminate_backend would.
+            if attempt == 0 {
+                try await conn.exec("SELECT pg_terminate_backend(pg_backend_pid())", logger: log)
+            }
+        }
+        let r = try await issueAt(ledger, "SN-DROP")
+        #expect(attempts.count == 2)
+        ledger.beforeCommit = nil
+        #expect(try await ledger.records(RecordQuery()).map(\.seq) == [r.seq])
+        #expect(try await ledger.heads().eventsSeq == 1, "one issued event, no half of a first attempt")
+        #expect(try await ledger.verify().isIntact)
+    }
+
+    @Test("retries end: a failure that persists reaches the caller as 'temporary failure', nothing written")
+    func retriesGiveUp() async throws {
+        let ledger = try await stations(["line-1"])[0]
+        ledger.retryDelays = [.milliseconds(1), .milliseconds(1)]
+        let attempts = Attempts()
+        let log = ledger.logger
+        ledger.beforeCommit = { conn, _ in
+            _ = attempts.next()
+            try await conn.exec(
+                "DO $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = 'deadlock_detected'; END $$",
+                logger: log)
+        }
+        do {
+            _ = try await issueAt(ledger, "SN-X")
+            Issue.record("issued although every attempt failed")
+        } catch let e as KeylineError {
+            #expect(e.code == .temporaryFailure && e.exitStatus == 75, "\(e.reason)")
+        }
+        #expect(attempts.count == 3)
+        ledger.beforeCommit = nil
+        #expect(try await ledger.count() == 0)
+        #expect(
+            try await ledger.heads()
+                == LedgerHeads(
+                    recordsSeq: 0, recordsHash: LedgerRecord.genesisHash, eventsSeq: 0,
+                    eventsHash: LedgerRecord.genesisHash))
+    }
+
+    @Test("a transaction the server aborted is never reported committed (COMMIT answered ROLLBACK)")
+    func abortedTransactionIsNotCommitted() async throws {
+        let ledger = try await stations(["line-1"])[0]
+        ledger.retryDelays = [.milliseconds(1)]
+        let attempts = Attempts()
+        let log = ledger.logger
+        ledger.beforeCommit = { conn, _ in
+            _ = attempts.next()
+            // An error nobody looks at: the server aborts the transaction and will answer COMMIT with ROLLBACK.
+            _ = try? await conn.exec("SELECT 1/0", logger: log)
+        }
+        do {
+            let r = try await issueAt(ledger, "SN-GHOST")
+            Issue.record("reported seq \(r.seq) as committed")
+        } catch let e as KeylineError {
+            #expect(e.code == .temporaryFailure && e.reason.contains("answered ROLLBACK to COMMIT"), "\(e.reason)")
+        }
+        #expect(attempts.count == 2, "a rolled-back attempt is retried")
+        ledger.beforeCommit = nil
+        #expect(try await ledger.count() == 0)
+    }
+
+    @Test("a caller's own error and a constraint are not retried")
+    func noRetryForCallerErrors() async throws {
+        let ledger = try await stations(["line-1"])[0]
+        let signed = Attempts()
+        await #expect(throws: KeylineError.self) {
+            _ = try await ledger.issue(reservation("SN-E")) { _ in
+                _ = signed.next()
+                throw KeylineError(.dataError, "the CSR is bad")
+            }
+        }
+        #expect(signed.count == 1)
+        // A connection lost after COMMIT was sent leaves the outcome unknown: a write is not run again.
+        #expect(!PostgresLedger.retryable(sqlState: nil, commitSent: true, readOnly: false))
+        #expect(!PostgresLedger.retryable(sqlState: "57P01", commitSent: true, readOnly: false))
+        #expect(PostgresLedger.retryable(sqlState: nil, commitSent: false, readOnly: false))
+        #expect(PostgresLedger.retryable(sqlState: nil, commitSent: true, readOnly: true))
+        #expect(PostgresLedger.retryable(sqlState: "40001", commitSent: true, readOnly: false))
+        #expect(!PostgresLedger.retryable(sqlState: "23505", commitSent: false, readOnly: false))
+    }
+
+    // MARK: - All stations, QA
+
+    @Test("verify(chain:) walks any station's chain; a read-only connection needs the station to exist")
+    func allStations() async throws {
+        let s = try await stations(["line-1", "line-2"])
+        _ = try await issueAt(s[0], "SN-A")
+        _ = try await issueAt(s[1], "SN-B")
+        _ = try await issueAt(s[1], "SN-C")
+        #expect(try await s[0].stationIDs() == ["line-1", "line-2"])
+        #expect(try await s[0].verify(chain: "line-2").recordsChecked == 2)
+        #expect(try await s[0].verify(chain: "line-2").isIntact)
+        let o = try PostgresLedger.ConnectionOptions.parse(Backend.postgresURL!, password: nil)
+        do {
+            _ = try await PostgresLedger.connect(options: o, stationID: "line-9", schema: s[0].schema)
+            Issue.record("a read-only connection to an unknown station opened")
+        } catch let e as KeylineError {
+            #expect(e.code == .configuration && e.reason.contains("stations there: line-1, line-2"), "\(e.reason)")
+        }
+        #expect(try await s[0].stationIDs() == ["line-1", "line-2"], "the read-only open registered nothing")
+    }
+
+    // MARK: - Copy from SQLite
+
+    func sqliteLedger(_ cns: [String]) async throws -> (SQLiteLedger, String) {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kl-copy-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let path = dir.appendingPathComponent("ledger.sqlite").path
+        let ledger = try SQLiteLedger(path: path, stationID: "station-test", create: true)
+        for cn in cns { try await issue(ledger, cn) }
+        return (ledger, path)
+    }
+
+    @Test("ledger copy: every record and event with its hash, states kept, the chain continues in PostgreSQL")
+    func copyFromSQLite() async throws {
+        let (source, _) = try await sqliteLedger((1...1203).map { "SN-\($0)" })
+        // States other than issued, a revocation and a re-issue, and events without a record.
+        let first = try await source.record(cn: "SN-1")!
+        try await source.transition(
+            recordSeq: first.seq, to: .delivered,
+            event: EventContent(
+                kind: .delivered, recordSeq: first.seq, cn: "SN-1", detail: "read back", stationID: "station-test",
+                operatorName: "op", at: t0))
+        try await source.transition(
+            recordSeq: first.seq, to: .revoked,
+            event: EventContent(
+                kind: .revoked, recordSeq: first.seq, cn: "SN-1", detail: "rework", stationID: "station-test",
+                operatorName: "op", at: t0))
+        var again = reservation("SN-1", key: "new-key")
+        again.reissue = true
+        _ = try await source.issue(again) { r in
+            var c = content(r, serial: "AB01")
+            c.certificateFingerprint = Hex.sha256(Array("cert2".utf8))
+            c.reissueOf = r.reissueOf
+            return c
+        }
+        _ = try await source.recordRefusal(cn: "SN-X", reason: "unique-cn", operatorName: "op", at: t0)
+
+        let dest = try await stations(["station-test"])[0]
+        let report = try await dest.copyChain(from: source, pageSize: 500)
+        let sourceEvents = try await source.heads().eventsSeq
+        #expect(sourceEvents >= 1207)
+        #expect(report.records == 1204 && report.events == Int(sourceEvents), "\(report.records) \(report.events)")
+        #expect(report.matches && report.verification.isIntact)
+        #expect(report.destinationHeads == (try await source.heads()))
+        #expect(try await dest.records(RecordQuery()) == (try await source.records(RecordQuery())))
+        #expect(
+            try await dest.events(recordSeq: nil, limit: nil) == (try await source.events(recordSeq: nil, limit: nil)))
+        #expect(try await dest.history(cn: "SN-1").map(\.state) == [.revoked, .issued])
+        // The station carries on where its SQLite ledger stopped.
+        let next = try await issueAt(dest, "SN-NEXT")
+        #expect(next.seq == 1205 && next.prevHash == report.sourceHeads.recordsHash)
+        #expect(try await dest.verify().isIntact)
+
+        // Into a chain that holds anything: refused, nothing changed.
+        do {
+            _ = try await dest.copyChain(from: source)
+            Issue.record("copied into a chain that is not empty")
+        } catch let e as KeylineError {
+            #expect(e.code == .dataError && e.reason.contains("copied only into an empty chain"), "\(e.reason)")
+        }
+        #expect(try await dest.count() == 1205)
+    }
+
+    @Test("ledger copy refuses a CN another station holds, and a source that does not verify, writing nothing")
+    func copyRefusals() async throws {
+        let (source, path) = try await sqliteLedger(["SN-1", "SN-2", "SN-3"])
+        let s = try await stations(["other", "station-test"])
+        _ = try await issueAt(s[0], "SN-3")
+        do {
+            _ = try await s[1].copyChain(from: source, pageSize: 2)
+            Issue.record("copied a CN another station holds")
+        } catch let e as KeylineError {
+            #expect(e.code == .dataError && e.reason.contains("(cn)=(SN-3)"), "\(e.reason)")
+        }
+        #expect(try await s[1].count() == 0)
+        #expect(try await s[1].heads().eventsSeq == 0)
+
+        // An edited source.
+        let db = try DatabaseQueue(path: path)
+        try await db.writeWithoutTransaction { db in
+            for t in ["records_no_delete", "records_no_rewrite", "events_no_delete", "events_no_update"] {
+                try db.execute(sql: "DROP TRIGGER IF EXISTS \(t)")
+            }
+            try db.execute(sql: "UPDATE records SET cn = 'SN-9' WHERE seq = 2")
+        }
+        let fresh = try await stations(["station-test"])[0]
+        do {
+            _ = try await fresh.copyChain(from: try SQLiteLedger(path: path, stationID: "station-test"))
+            Issue.record("copied a tampered ledger")
+        } catch let e as KeylineError {
+            #expect(e.code == .integrity && e.reason.contains("record seq 2"), "\(e.reason)")
+        }
+        #expect(try await fresh.count() == 0)
     }
 }

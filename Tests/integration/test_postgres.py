@@ -183,3 +183,136 @@ def test_outage_fails_devices_cleanly_and_the_daemon_resumes(tmp_path: Path):
         subprocess.run(ctl + ["stop", str(cluster)], capture_output=True)
         shutil.rmtree(cluster, ignore_errors=True)
         shutil.rmtree(short, ignore_errors=True)
+
+
+def psql(url: str, sql: str) -> str:
+    return subprocess.run(["psql", url, "-qAt", "-v", "ON_ERROR_STOP=1", "-c", sql], check=True,
+                          capture_output=True, text=True).stdout
+
+
+def test_ledger_copy_moves_a_sqlite_station_with_its_chain(tmp_path: Path, database: str):
+    """An existing SQLite station moves to PostgreSQL: same records, events and hashes; it carries on from there."""
+    st = init_station(tmp_path / "s")
+    csrs = tmp_path / "csrs"
+    csrs.mkdir()
+    for i in range(6):
+        assert_exit(st.sign(str(make_csr(csrs, f"SN-{i}")), out_dir=str(tmp_path / "out")), EXIT_OK)
+    assert_exit(st.run("ledger", "revoke", "SN-2", "--reason", "scrap"), EXIT_OK)
+    before = st.run("ledger", "verify", "--json")
+    assert_exit(before, EXIT_OK)
+    records_before = json.loads(st.run("ledger", "list", "--json").out)["records"]
+    source = f"sqlite:{st.ledger_path}"
+    copy = ["ledger", "copy", "--from", source, "--to", database, "--sslmode", "disable"]
+
+    r = st.run(*copy)  # the schema is not there yet
+    assert r.rc == EXIT_CONFIG and "run 'keyline ledger migrate'" in r.err, r
+    owner = pg_station(tmp_path / "owner", database)
+    assert_exit(owner.run("ledger", "migrate"), EXIT_OK)
+
+    r = st.run(*copy)
+    assert_exit(r, EXIT_OK)
+    sid = st.config()["station_id"]
+    assert f"copied station {sid}: 6 records and " in r.out, r
+    assert "verified: chain intact; records to seq 6" in r.out and "the same as the source" in r.out, r
+
+    # The station now runs on PostgreSQL: the same chain head, the same records, and it continues at seq 7.
+    text = st.toml_path.read_text().replace('ledger = "sqlite:ledger.sqlite"',
+                                            f'ledger = "{database}"\nledger_sslmode = "disable"')
+    st.toml_path.write_text(text)
+    after = st.run("ledger", "verify", "--json")
+    assert_exit(after, EXIT_OK)
+    b, a = json.loads(before.out), json.loads(after.out)
+    assert (a["head_seq"], a["head_hash"], a["records"], a["events"]) == \
+        (b["head_seq"], b["head_hash"], b["records"], b["events"])
+    assert json.loads(st.run("ledger", "list", "--json").out)["records"] == records_before
+    assert_exit(st.sign(str(make_csr(csrs, "SN-NEW")), out_dir=str(tmp_path / "out")), EXIT_OK)
+    assert [x["seq"] for x in json.loads(st.run("ledger", "search", "--cn-prefix", "SN-NEW", "--json").out)["records"]] == [7]
+    assert_exit(st.run("ledger", "verify"), EXIT_OK)
+
+    # A second copy into the same chain is refused, and changes nothing.
+    r = st.run(*copy)
+    assert r.rc == 65 and "copied only into an empty chain" in r.err, r
+    assert r.err.count("\n") == 1
+    assert psql(database, "SELECT count(*) FROM keyline.records").strip() == "7"
+
+
+def test_ledger_copy_refusals(tmp_path: Path, database: str):
+    owner = pg_station(tmp_path / "owner", database)
+    assert_exit(owner.run("ledger", "migrate"), EXIT_OK)
+    st = init_station(tmp_path / "s")
+    csrs = tmp_path / "csrs"
+    csrs.mkdir()
+    for i in range(3):
+        assert_exit(st.sign(str(make_csr(csrs, f"SN-{i}")), out_dir=str(tmp_path / "out")), EXIT_OK)
+    # Another station already issued SN-1 in the organization's ledger.
+    other = tmp_path / "other"
+    other.mkdir()
+    assert_exit(owner.sign(str(make_csr(other, "SN-1")), out_dir=str(tmp_path / "out-o")), EXIT_OK)
+    base = ["ledger", "copy", "--to", database, "--sslmode", "disable"]
+    r = st.run(*base, "--from", f"sqlite:{st.ledger_path}")
+    assert r.rc == 65 and "(cn)=(SN-1)" in r.err and "nothing was copied" in r.err, r
+    sid = st.config()["station_id"]
+    assert psql(database, f"SELECT count(*) FROM keyline.records WHERE chain = '{sid}'").strip() == "0"
+
+    r = st.run(*base, "--from", str(st.ledger_path))  # not sqlite:PATH
+    assert r.rc == 64 and "--from must be sqlite:PATH" in r.err, r
+    r = st.run(*base, "--from", f"sqlite:{tmp_path / 'missing.sqlite'}")
+    assert r.rc == 69 and "ledger not found" in r.err, r
+    assert not (tmp_path / "missing.sqlite").exists()
+    r = st.run("ledger", "copy", "--from", f"sqlite:{st.ledger_path}", "--to", "postgres://u:pw@h/db")
+    assert r.rc == EXIT_CONFIG and "must not carry a password" in r.err, r
+
+    # A tampered source is refused before anything is written.
+    db = st.db()
+    db.execute("DROP TRIGGER IF EXISTS records_no_rewrite")
+    db.execute("UPDATE records SET cn = 'SN-X' WHERE seq = 2")
+    db.commit()
+    db.close()
+    psql(database, "DELETE FROM keyline.records WHERE false")  # (the table is there; nothing to undo)
+    r = st.run(*base, "--from", f"sqlite:{st.ledger_path}")
+    assert r.rc == 4 and "does not verify (first problem at record seq 2)" in r.err, r
+
+
+def test_qa_role_reads_and_verifies_every_station_but_cannot_issue(tmp_path: Path, database: str):
+    stations = [pg_station(tmp_path / f"s{i}", database) for i in range(2)]
+    assert_exit(stations[0].run("ledger", "migrate"), EXIT_OK)
+    csrs = tmp_path / "csrs"
+    csrs.mkdir()
+    for i, st in enumerate(stations):
+        for j in range(2 + i):
+            assert_exit(st.sign(str(make_csr(csrs, f"SN-{i}-{j}")), out_dir=str(tmp_path / f"out-{i}")), EXIT_OK)
+    qa_role = "qa_" + uuid.uuid4().hex[:8]
+    psql(database, f"CREATE ROLE {qa_role} LOGIN IN ROLE keyline_qa")
+    qa = pg_station(tmp_path / "qa", database.replace("//keyline@", f"//{qa_role}@"))
+    assert qa_role in qa.toml_path.read_text()
+    ids = [st.config()["station_id"] for st in stations]
+    text = qa.toml_path.read_text().replace(f'station_id = "{qa.config()["station_id"]}"', f'station_id = "{ids[1]}"')
+    qa.toml_path.write_text(text)
+
+    r = qa.run("ledger", "verify", "--all-stations", "--json")
+    assert_exit(r, EXIT_OK)
+    report = json.loads(r.out)
+    assert report["intact"] and [(s["station_id"], s["records"]) for s in report["stations"]] == \
+        sorted([(ids[0], 2), (ids[1], 3)])
+    r = qa.run("ledger", "list", "--json")
+    assert_exit(r, EXIT_OK)
+    assert [x["cn"] for x in json.loads(r.out)["records"]] == ["SN-1-0", "SN-1-1", "SN-1-2"]
+    assert_exit(qa.run("ledger", "stats"), EXIT_OK)
+    assert_exit(qa.run("ledger", "show", "SN-1-0"), EXIT_OK)
+    # The QA role cannot issue: nothing is written.
+    r = qa.sign(str(make_csr(tmp_path, "SN-QA")), out_dir=str(tmp_path / "out-qa"))
+    assert r.rc != EXIT_OK and "permission denied" in r.err, r
+    assert psql(database, "SELECT count(*) FROM keyline.records").strip() == "5"
+    # An unknown station is named with the ones there are.
+    qa.toml_path.write_text(text.replace(f'station_id = "{ids[1]}"', 'station_id = "line-9"'))
+    r = qa.run("ledger", "list")
+    assert r.rc == EXIT_CONFIG and "station 'line-9' has no chain" in r.err and ids[0] in r.err, r
+
+    qa.toml_path.write_text(text)
+
+    # A chain edited behind the triggers' back is found, and named.
+    psql(database, "ALTER TABLE keyline.records DISABLE TRIGGER records_no_rewrite; "
+                   f"UPDATE keyline.records SET cn = 'SN-EDIT' WHERE chain = '{ids[0]}' AND seq = 1")
+    r = qa.run("ledger", "verify", "--all-stations")
+    assert r.rc == 4 and f"station {ids[0]}: TAMPERED" in r.out and f"station {ids[1]}: intact" in r.out, r
+    assert f"failed for station(s) {ids[0]}" in r.err

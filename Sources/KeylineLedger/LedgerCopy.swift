@@ -1,0 +1,182 @@
+import Foundation
+import KeylineCore
+import PostgresNIO
+
+/// What `keyline ledger copy` moved and found.
+public struct LedgerCopyReport: Sendable, Equatable {
+    public var stationID: String
+    public var records: Int
+    public var events: Int
+    /// The source's heads when the copy began (what was copied: nothing newer).
+    public var sourceHeads: LedgerHeads
+    /// The destination chain as verified after the commit.
+    public var verification: VerificationReport
+    public var destinationHeads: LedgerHeads
+
+    /// The copy is good when the destination chain verifies and ends where the source did.
+    public var matches: Bool { verification.isIntact && destinationHeads == sourceHeads }
+}
+
+/// Ends a page early (thrown from inside a streaming read).
+struct PageFull: Error {}
+
+extension Ledger {
+    /// Up to `limit` events after `afterSeq`, in order (a page of ``forEachEvent(kinds:afterSeq:_:)``).
+    func eventPage(afterSeq: Int64, limit: Int) async throws -> [LedgerEvent] {
+        var out: [LedgerEvent] = []
+        do {
+            try await forEachEvent(kinds: nil, afterSeq: afterSeq) { event in
+                out.append(event)
+                if out.count >= limit { throw PageFull() }
+            }
+        } catch is PageFull {}
+        return out
+    }
+}
+
+extension PostgresLedger {
+    /// Copies a station's whole ledger (usually its SQLite file) into this station's empty chain: every record and
+    /// event with its own sequence number, state, timestamps and hashes, so the chain continues unbroken. Runs in
+    /// one transaction, so a failure leaves the destination as it was; then verifies the destination and compares
+    /// its heads with the source's.
+    ///
+    /// Refuses a source whose own chain does not verify, a destination chain that already holds anything, and
+    /// (by the unique indexes) a CN, serial, certificate or key another station already holds.
+    public func copyChain(
+        from source: any Ledger, pageSize: Int = 500, progress: (@Sendable (Int, Int) -> Void)? = nil
+    ) async throws -> LedgerCopyReport {
+        let check = try await source.verify()
+        guard check.isIntact else {
+            let first =
+                check.firstBadRecordSeq.map { "record seq \($0)" } ?? check.firstBadEventSeq.map { "event seq \($0)" }
+                ?? "unknown"
+            throw KeylineError(
+                .integrity, "the source ledger does not verify (first problem at \(first)); nothing was copied")
+        }
+        let sourceHeads = try await source.heads()
+        let chain = stationID
+        let counts: [Int]
+        do {
+            counts = try await copyRows(from: source, through: sourceHeads, pageSize: pageSize, progress: progress)
+        } catch let e as KeylineError where e.code == .policyRefusal {
+            // A unique index: another station already holds one of the source's CNs, serials, certificates or keys.
+            throw KeylineError(
+                .dataError,
+                "the ledger database already holds part of this ledger under another station (\(e.reason)); nothing was copied"
+            )
+        }
+        let verification = try await verify()
+        let destinationHeads = try await heads()
+        return LedgerCopyReport(
+            stationID: chain, records: counts[0], events: counts[1], sourceHeads: sourceHeads,
+            verification: verification, destinationHeads: destinationHeads)
+    }
+
+    func copyRows(
+        from source: any Ledger, through sourceHeads: LedgerHeads, pageSize: Int,
+        progress: (@Sendable (Int, Int) -> Void)?
+    ) async throws -> [Int] {
+        let chain = stationID
+        return try await write("copying the ledger") { conn -> [Int] in
+            var heads = try await lockHeads(conn)
+            guard heads.recordsSeq == 0, heads.eventsSeq == 0 else {
+                throw KeylineError(
+                    .dataError,
+                    "station '\(chain)' already has \(heads.recordsSeq) records and \(heads.eventsSeq) events in the ledger database \(place); a ledger is copied only into an empty chain"
+                )
+            }
+            var records = 0
+            var after: Int64 = 0
+            while after < sourceHeads.recordsSeq {
+                let page = try await source.records(RecordQuery(afterSeq: after, limit: pageSize)).filter {
+                    $0.seq <= sourceHeads.recordsSeq
+                }
+                guard let last = page.last else { break }
+                try await insertRecords(conn, page)
+                records += page.count
+                after = last.seq
+                heads.recordsSeq = last.seq
+                heads.recordsHash = last.hash
+                progress?(records, 0)
+            }
+            var events = 0
+            after = 0
+            while after < sourceHeads.eventsSeq {
+                let page = try await source.eventPage(afterSeq: after, limit: pageSize).filter {
+                    $0.seq <= sourceHeads.eventsSeq
+                }
+                guard let last = page.last else { break }
+                try await insertEvents(conn, page)
+                events += page.count
+                after = last.seq
+                heads.eventsSeq = last.seq
+                heads.eventsHash = last.hash
+                progress?(records, events)
+            }
+            try await saveHeads(conn, heads)
+            return [records, events]
+        }
+    }
+
+    /// One multi-row INSERT for a page of records, their stored hashes kept as they are.
+    func insertRecords(_ conn: PostgresConnection, _ page: [LedgerRecord]) async throws {
+        let columns = 29
+        var rows: [String] = []
+        var b = PostgresBindings(capacity: page.count * columns)
+        for (i, r) in page.enumerated() {
+            let c = r.content
+            let values: [(any PostgresThrowingDynamicTypeEncodable)?] = [
+                stationID, r.seq, c.cn, c.serialHex, c.certificateFingerprint, c.publicKeySHA256, c.caFingerprint,
+                c.caName, c.profile, c.stationID, c.operatorName, c.keyOrigin.rawValue, c.hardwareID, c.workOrder,
+                Int64(Timestamp.seconds(c.notBefore)), Int64(Timestamp.seconds(c.notAfter)), Data(c.certificateDER),
+                r.state.rawValue, Timestamp.millis(c.createdAt), Timestamp.millis(r.updatedAt), r.prevHash, r.hash,
+                c.attributes != nil, c.attributes?.description, c.attributes?.tags.joined(separator: ","),
+                c.attributes?.productPRN, c.attributes?.cohortPRN, c.attributes?.target, c.reissueOf,
+            ]
+            for v in values {
+                if let v { try b.append(v) } else { b.appendNull() }
+            }
+            rows.append("(" + (1...columns).map { "$\(i * columns + $0)" }.joined(separator: ", ") + ")")
+        }
+        try await conn.exec(
+            PostgresQuery(
+                unsafeSQL: """
+                    INSERT INTO \(schema).records (chain, seq, cn, serial_hex, cert_sha256, pubkey_sha256, ca_sha256,
+                      ca_name, profile, station_id, operator, key_origin, hardware_id, work_order, not_before, not_after,
+                      cert_der, state, created_at, updated_at, prev_hash, hash, has_attributes, description, tags,
+                      product_prn, cohort_prn, target, reissue_of)
+                    VALUES \(rows.joined(separator: ", "))
+                    """, binds: b), logger: logger)
+    }
+
+    /// One multi-row INSERT for a page of events, their stored hashes kept as they are.
+    func insertEvents(_ conn: PostgresConnection, _ page: [LedgerEvent]) async throws {
+        let columns = 11
+        var rows: [String] = []
+        var b = PostgresBindings(capacity: page.count * columns)
+        for (i, e) in page.enumerated() {
+            let c = e.content
+            let values: [(any PostgresThrowingDynamicTypeEncodable)?] = [
+                stationID, e.seq, c.kind.rawValue, c.recordSeq, c.cn, c.detail, c.stationID, c.operatorName,
+                Timestamp.millis(c.at), e.prevHash, e.hash,
+            ]
+            for v in values {
+                if let v { try b.append(v) } else { b.appendNull() }
+            }
+            rows.append("(" + (1...columns).map { "$\(i * columns + $0)" }.joined(separator: ", ") + ")")
+        }
+        try await conn.exec(
+            PostgresQuery(
+                unsafeSQL: """
+                    INSERT INTO \(schema).events (chain, seq, kind, record_seq, cn, detail, station_id, operator, at,
+                      prev_hash, hash)
+                    VALUES \(rows.joined(separator: ", "))
+                    """, binds: b), logger: logger)
+    }
+}
+
+extension LedgerHeads {
+    public var summary: String {
+        "records to seq \(recordsSeq) (\(recordsHash.prefix(16))…), events to seq \(eventsSeq) (\(eventsHash.prefix(16))…)"
+    }
+}
