@@ -72,7 +72,8 @@ struct LedgerCopyCommand: AsyncParsableCommand {
 
             Example:
               keyline ledger copy --from sqlite:/srv/keyline/ledger.sqlite \\
-                --to postgres://keyline_line1@db.factory:5432/keyline --password-file /etc/keyline/ledger-password
+                --to postgres://line1@db.factory:5432/keyline \\
+                --password-file /etc/keyline/ledger-password
             """)
 
     @Option(name: .long, help: ArgumentHelp("The ledger to copy: sqlite:PATH.", valueName: "sqlite:PATH"))

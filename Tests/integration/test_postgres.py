@@ -316,3 +316,38 @@ def test_qa_role_reads_and_verifies_every_station_but_cannot_issue(tmp_path: Pat
     r = qa.run("ledger", "verify", "--all-stations")
     assert r.rc == 4 and f"station {ids[0]}: TAMPERED" in r.out and f"station {ids[1]}: intact" in r.out, r
     assert f"failed for station(s) {ids[0]}" in r.err
+
+
+def test_backup_with_pg_dump_restores_every_chain(tmp_path: Path, database: str):
+    """The backup recipe of docs/operations.md: pg_dump of the keyline schema, restored into a new database,
+    verifies station by station with the same heads."""
+    stations = [pg_station(tmp_path / f"s{i}", database) for i in range(2)]
+    assert_exit(stations[0].run("ledger", "migrate"), EXIT_OK)
+    csrs = tmp_path / "csrs"
+    csrs.mkdir()
+    for i, st in enumerate(stations):
+        for j in range(3):
+            assert_exit(st.sign(str(make_csr(csrs, f"SN-{i}-{j}")), out_dir=str(tmp_path / f"out-{i}")), EXIT_OK)
+    before = json.loads(stations[0].run("ledger", "verify", "--all-stations", "--json").out)
+    dump = tmp_path / "keyline.dump"
+    subprocess.run(["pg_dump", "--format=custom", "--schema=keyline", f"--file={dump}", database], check=True,
+                   capture_output=True)
+    restored = database.rsplit("/", 1)[0] + "/kl_r_" + uuid.uuid4().hex[:10]
+    psql(BASE, f"CREATE DATABASE {restored.rsplit('/', 1)[1]}")
+    subprocess.run(["pg_restore", "--exit-on-error", f"--dbname={restored}", str(dump)], check=True,
+                   capture_output=True)
+    st = stations[1]
+    st.toml_path.write_text(st.toml_path.read_text().replace(database, restored))
+    r = st.run("ledger", "verify", "--all-stations", "--json")
+    assert_exit(r, EXIT_OK)
+    after = json.loads(r.out)
+    assert after == before and after["intact"] and len(after["stations"]) == 2
+    # The append-only triggers came back with it.
+    with pytest.raises(subprocess.CalledProcessError) as refused:
+        psql(restored, "DELETE FROM keyline.records")
+    assert "append-only" in refused.value.stderr
+    # The restored ledger still refuses what the original would: a CN station 0 issued.
+    other = tmp_path / "other"
+    other.mkdir()
+    r = st.sign(str(make_csr(other, "SN-0-1")), out_dir=str(tmp_path / "out-x"))
+    assert r.rc == EXIT_POLICY and "unique-cn" in r.err, r
