@@ -12,6 +12,11 @@ public struct ChainVerifier {
 
     public init() {}
 
+    /// A problem found outside the rows themselves (such as a chain head that disagrees with the last row).
+    public mutating func note(_ text: String) {
+        problem(text)
+    }
+
     private mutating func problem(_ text: String) {
         if report.problems.count < Self.maxProblems { report.problems.append(text) }
     }

@@ -78,6 +78,13 @@ extension PostgresLedger {
     ) async throws -> [Int] {
         let chain = stationID
         return try await write("copying the ledger") { conn -> [Int] in
+            // The station's row is made here, inside the copy's transaction, so a refused copy leaves nothing.
+            try await conn.exec(
+                sql(
+                    """
+                    INSERT INTO @.stations (station_id, record_seq, record_hash, event_seq, event_hash)
+                    VALUES ($1, 0, $2, 0, $2) ON CONFLICT (station_id) DO NOTHING
+                    """, chain, LedgerRecord.genesisHash), logger: logger)
             var heads = try await lockHeads(conn)
             guard heads.recordsSeq == 0, heads.eventsSeq == 0 else {
                 throw KeylineError(
@@ -114,6 +121,27 @@ extension PostgresLedger {
                 progress?(records, events)
             }
             try await saveHeads(conn, heads)
+            // Before COMMIT: the copied chain must verify where it now lies, and end where the source did; and the
+            // source must not have moved meanwhile (every change to a ledger appends an event, so unchanged heads
+            // mean an unchanged ledger). Otherwise all of it rolls back.
+            let check = try await verifyIn(conn, chain: chain)
+            guard check.isIntact else {
+                throw KeylineError(
+                    .integrity,
+                    "the copied chain does not verify (\(check.problems.first ?? "")); nothing was copied")
+            }
+            guard heads == sourceHeads else {
+                throw KeylineError(
+                    .integrity,
+                    "the copy ends at \(heads.summary) but the source at \(sourceHeads.summary); nothing was copied")
+            }
+            let now = try await source.heads()
+            guard now == sourceHeads else {
+                throw KeylineError(
+                    .temporaryFailure,
+                    "the source ledger changed during the copy (is the station still running?); nothing was copied: stop the station and copy again"
+                )
+            }
             return [records, events]
         }
     }

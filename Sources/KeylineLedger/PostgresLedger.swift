@@ -41,15 +41,18 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
 
         /// Parses `postgres://user@host:port/db` (no password in the URL: it comes from a file or a credential).
         public static func parse(_ url: String, password: String?) throws -> ConnectionOptions {
+            // First, so that a password never reaches an error message (the other errors quote the URL).
+            if url.range(of: "://[^/@]*:[^/@]*@", options: .regularExpression) != nil
+                || URLComponents(string: url)?.password != nil
+            {
+                throw KeylineError(
+                    .configuration, "ledger URL must not carry a password; put it in a file (ledger_password_file)")
+            }
             guard let u = URLComponents(string: url), u.scheme == "postgres" || u.scheme == "postgresql",
                 let host = u.host, !host.isEmpty, let user = u.user, !user.isEmpty
             else {
                 throw KeylineError(
                     .configuration, "ledger URL '\(url)' must look like postgres://USER@HOST:PORT/DATABASE")
-            }
-            if u.password != nil {
-                throw KeylineError(
-                    .configuration, "ledger URL must not carry a password; put it in a file (ledger_password_file)")
             }
             let db = String(u.path.drop(while: { $0 == "/" }))
             guard !db.isEmpty else { throw KeylineError(.configuration, "ledger URL '\(url)' names no database") }
@@ -57,18 +60,30 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         }
     }
 
-    /// Connects, runs pending migrations (unless `migrate` is false) and makes sure the station's chain row exists.
-    /// Read-only access to a station's chains (QA's role): no migration, no registration of the station.
+    /// Read-only access to a station's chains (QA's role): no migration, no registration; the station must have a
+    /// chain already.
     public static func connect(
         options: ConnectionOptions, stationID: String, schema: String = "keyline"
     ) async throws -> PostgresLedger {
         try await PostgresLedger(
-            options: options, stationID: stationID, schema: schema, migrate: false, register: false)
+            options: options, stationID: stationID, schema: schema, migrate: false, registration: .require)
     }
 
+    /// What opening does about the station's row in `stations` (its chain heads).
+    public enum Registration: Sendable {
+        /// Create it when missing (a station's first start).
+        case register
+        /// Refuse a station that has no chain (read-only use).
+        case require
+        /// Neither (`ledger copy` creates it inside its own transaction).
+        case none
+    }
+
+    /// Connects, runs pending migrations (unless `migrate` is false: then a schema behind the build is refused)
+    /// and registers the station as `registration` says.
     public init(
         options: ConnectionOptions, stationID: String, schema: String = "keyline", migrate: Bool = true,
-        register: Bool = true
+        registration: Registration = .register
     ) async throws {
         guard schema.range(of: "^[a-z_][a-z0-9_]{0,62}$", options: .regularExpression) != nil else {
             throw KeylineError(.configuration, "schema '\(schema)' must be a lower-case SQL identifier")
@@ -88,9 +103,10 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         runner = Task { await client.run() }
         do {
             if migrate { try await self.migrate() } else { try await checkSchema() }
-            if register {
-                try await self.register()
-            } else {
+            switch registration {
+            case .register: try await self.register()
+            case .none: break
+            case .require:
                 let known = try await stationIDs()
                 guard known.contains(stationID) else {
                     throw KeylineError(
@@ -347,9 +363,10 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     /// After the last, the error reaches the caller.
     public var retryDelays: [Duration] = [.milliseconds(50), .milliseconds(200), .milliseconds(800)]
 
-    /// Fault injection for tests: runs inside every write transaction just before its COMMIT, with the attempt
-    /// number (0 first).
+    /// Fault injection for tests: runs inside every transaction just before its COMMIT, with the attempt number
+    /// (0 first); `afterCommitSent` runs where COMMIT counts as sent (a failure there leaves the outcome unknown).
     var beforeCommit: (@Sendable (PostgresConnection, Int) async throws -> Void)?
+    var afterCommitSent: (@Sendable (PostgresConnection, Int) async throws -> Void)?
 
     /// The server answered COMMIT with something else (ROLLBACK: it had aborted the transaction): nothing was
     /// committed, so the attempt may run again.
@@ -380,7 +397,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     /// failure ``retryable(sqlState:commitSent:readOnly:)`` calls safe (so it must not have effects outside the
     /// transaction that a second run would repeat wrongly; signing again is fine: nothing was committed).
     func transaction<T: Sendable>(
-        _ context: String, begin: String, _ body: (PostgresConnection) async throws -> T
+        _ context: String, begin: String, retry: Bool = true, _ body: (PostgresConnection) async throws -> T
     ) async throws -> T {
         let readOnly = begin.hasSuffix("READ ONLY")
         var attempt = 0
@@ -399,8 +416,9 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
                         } catch {
                             throw Passthrough(error: error)
                         }
-                        if !readOnly, let hook = beforeCommit { try await hook(conn, attempt) }
+                        if let hook = beforeCommit { try await hook(conn, attempt) }
                         sent.value = true
+                        if let hook = afterCommitSent { try await hook(conn, attempt) }
                         try await conn.commit(logger: logger)
                         return value
                     } catch {
@@ -414,13 +432,16 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
                 throw e
             } catch {
                 let rolledBack = error as? RolledBack
-                if attempt < retryDelays.count,
+                if retry, attempt < retryDelays.count,
                     rolledBack != nil
                         || Self.retryable(sqlState: Self.sqlState(error), commitSent: sent.value, readOnly: readOnly)
                 {
                     let delay = retryDelays[attempt]
-                    let jitter = Double.random(in: 0...0.25)
-                    try? await Task.sleep(for: delay + delay * jitter)
+                    do {
+                        try await Task.sleep(for: delay + delay * Double.random(in: 0...0.25))
+                    } catch {
+                        throw KeylineError(.temporaryFailure, "\(context): stopped while waiting to try again")
+                    }
                     attempt += 1
                     continue
                 }
@@ -428,6 +449,12 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
                     throw KeylineError(
                         .temporaryFailure,
                         "the ledger database rolled the transaction back (\(context): it answered \(rolledBack.answer) to COMMIT); nothing was recorded, try again"
+                    )
+                }
+                if sent.value, !readOnly, Self.isSessionLoss(error) {
+                    throw KeylineError(
+                        .unavailable,
+                        "the connection to the ledger database \(place) was lost while committing (\(context)); whether it was recorded is unknown until the server answers again ('keyline ledger show CN' tells); nothing left the station"
                     )
                 }
                 throw Self.map(error, context: context)
@@ -439,48 +466,63 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         try await transaction(context, begin: "BEGIN", body)
     }
 
-    /// One snapshot for everything the body reads.
-    func read<T: Sendable>(_ context: String, _ body: (PostgresConnection) async throws -> T) async throws -> T {
-        try await transaction(context, begin: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", body)
+    /// One snapshot for everything the body reads. `retry: false` for a body that hands rows to a caller as it
+    /// reads (running it again would hand them over twice).
+    func read<T: Sendable>(
+        _ context: String, retry: Bool = true, _ body: (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        try await transaction(context, begin: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", retry: retry, body)
+    }
+
+    /// The server's SQLSTATE, message and detail for an error it reported (through either postgres-nio API).
+    static func serverFields(_ error: Error) -> (state: String, message: String, detail: String?)? {
+        if let e = error as? PSQLError, let state = e.serverInfo?[.sqlState] {
+            return (state, e.serverInfo?[.message] ?? state, e.serverInfo?[.detail])
+        }
+        if case .server(let m)? = error as? PostgresError, let state = m.fields[.sqlState] {
+            return (state, m.fields[.message] ?? state, m.fields[.detail])
+        }
+        return nil
     }
 
     /// The SQLSTATE of a server error, if it is one.
     static func sqlState(_ error: Error) -> String? {
-        (error as? PSQLError)?.serverInfo?[.sqlState]
+        serverFields(error)?.state
+    }
+
+    /// The session is gone: the connection dropped, or the server ended it (admin shutdown, crash, failover).
+    static func isSessionLoss(_ error: Error) -> Bool {
+        guard let state = sqlState(error) else { return true }
+        return state.hasPrefix("57P") || state.hasPrefix("08")
     }
 
     static func map(_ error: Error, context: String) -> KeylineError {
-        if let e = error as? PSQLError {
-            if let state = e.serverInfo?[.sqlState] {
-                let message = e.serverInfo?[.message] ?? state
-                switch state {
-                case "23505":
-                    let detail = e.serverInfo?[.detail].map { " \($0)" } ?? ""
-                    return KeylineError(
-                        .policyRefusal, "ledger constraint refused the write (\(context): \(message).\(detail))",
-                        rule: "ledger-constraint")
-                case "40001", "40P01", "55P03":
-                    return KeylineError(.temporaryFailure, "\(context): \(message); try again")
-                case let s where s.hasPrefix("57P") || s.hasPrefix("08"):
-                    return KeylineError(
-                        .unavailable,
-                        "the ledger database closed the connection (\(context): \(message)); issuance is refused until it is back"
-                    )
-                case "42501":
-                    return KeylineError(.unavailable, "\(context): permission denied: \(message)")
-                case "P0001":
-                    return KeylineError(.integrity, "\(context): \(message)")
-                default:
-                    return KeylineError(.internalError, "\(context): \(message) (SQLSTATE \(state))")
-                }
+        if let (state, message, serverDetail) = serverFields(error) {
+            switch state {
+            case "23505":
+                let detail = serverDetail.map { " \($0)" } ?? ""
+                return KeylineError(
+                    .policyRefusal, "ledger constraint refused the write (\(context): \(message).\(detail))",
+                    rule: "ledger-constraint")
+            case "40001", "40P01", "55P03":
+                return KeylineError(.temporaryFailure, "\(context): \(message); try again")
+            case let s where s.hasPrefix("57P") || s.hasPrefix("08"):
+                return KeylineError(
+                    .unavailable,
+                    "the ledger database closed the connection (\(context): \(message)); issuance is refused until it is back"
+                )
+            case "42501":
+                return KeylineError(.unavailable, "\(context): permission denied: \(message)")
+            case "P0001":
+                return KeylineError(.integrity, "\(context): \(message)")
+            default:
+                return KeylineError(.internalError, "\(context): \(message) (SQLSTATE \(state))")
             }
-            return KeylineError(
-                .unavailable,
-                "the ledger database is unreachable (\(context): \(e.code)); issuance is refused until it is back")
         }
+        let what = (error as? PSQLError).map { "\($0.code)" } ?? "\(error)"
         return KeylineError(
             .unavailable,
-            "the ledger database is unreachable (\(context): \(error)); issuance is refused until it is back")
+            "the ledger database is unreachable (\(context): \(what)); issuance is refused until it is back")
     }
 
     static let recordColumns = """
@@ -849,7 +891,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     public func forEachRecord(
         _ query: RecordQuery, _ body: (LedgerRecord) throws -> Void
     ) async throws -> (seq: Int64, hash: String) {
-        let (seq, hash) = try await read("reading the ledger") { conn -> (Int64, String) in
+        let (seq, hash) = try await read("reading the ledger", retry: false) { conn -> (Int64, String) in
             let h = try await headIn(conn)
             for try await row in try await conn.query(select(query, columns: Self.recordColumns), logger: logger) {
                 try body(try Self.record(row))
@@ -860,7 +902,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     }
 
     public func forEachRecordState(_ query: RecordQuery, _ body: (Int64, RecordState) throws -> Void) async throws {
-        try await read("reading the ledger") { conn in
+        try await read("reading the ledger", retry: false) { conn in
             let rows = try await conn.query(select(query, columns: "seq, state"), logger: logger)
             for try await (seq, state) in rows.decode((Int64, String).self) {
                 try body(seq, RecordState(rawValue: state) ?? .failed)
@@ -941,7 +983,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     public func forEachEvent(
         kinds: Set<EventKind>?, afterSeq: Int64, _ body: (LedgerEvent) throws -> Void
     ) async throws {
-        try await read("reading the ledger") { conn in
+        try await read("reading the ledger", retry: false) { conn in
             var text = "SELECT \(Self.eventColumns) FROM @.events WHERE chain = $1 AND seq > $2"
             if kinds != nil { text += " AND kind = ANY($3)" }
             text += " ORDER BY seq"
@@ -978,33 +1020,64 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
 
     /// Walks one station's chains (any station's: QA verifies them all with `ledger verify --all-stations`).
     public func verify(chain stationID: String) async throws -> VerificationReport {
-        try await read("verifying the ledger") { conn in
-            var verifier = ChainVerifier()
-            var stateEvents: [Int64: [EventKind]] = [:]
-            let kinds = try await conn.query(
-                sql(
-                    """
-                    SELECT record_seq, kind FROM @.events WHERE chain = $1 AND record_seq IS NOT NULL
-                      AND kind IN ('issued', 'delivered', 'failed', 'revoked') ORDER BY record_seq, seq
-                    """, stationID), logger: logger)
-            for try await (seq, kind) in kinds.decode((Int64, String).self) {
-                stateEvents[seq, default: []].append(EventKind(rawValue: kind) ?? .issued)
-            }
-            for try await row in try await conn.query(
-                sql("SELECT \(Self.recordColumns) FROM @.records WHERE chain = $1 ORDER BY seq", stationID),
-                logger: logger)
-            {
-                let record = try Self.record(row)
-                verifier.add(record: record, stateEvents: stateEvents[record.seq] ?? [])
-            }
-            for try await row in try await conn.query(
-                sql("SELECT \(Self.eventColumns) FROM @.events WHERE chain = $1 ORDER BY seq", stationID),
-                logger: logger)
-            {
-                verifier.add(event: try Self.event(row))
-            }
-            return verifier.report
+        try await read("verifying the ledger") { conn in try await verifyIn(conn, chain: stationID) }
+    }
+
+    /// Walks a chain on `conn` (inside the caller's transaction: `ledger copy` checks its rows before COMMIT). Also
+    /// compares the heads kept in `stations` with the last rows, which catches a chain whose newest rows were cut
+    /// off (the rows alone would still chain).
+    func verifyIn(_ conn: PostgresConnection, chain stationID: String) async throws -> VerificationReport {
+        var verifier = ChainVerifier()
+        var stateEvents: [Int64: [EventKind]] = [:]
+        let kinds = try await conn.query(
+            sql(
+                """
+                SELECT record_seq, kind FROM @.events WHERE chain = $1 AND record_seq IS NOT NULL
+                  AND kind IN ('issued', 'delivered', 'failed', 'revoked') ORDER BY record_seq, seq
+                """, stationID), logger: logger)
+        for try await (seq, kind) in kinds.decode((Int64, String).self) {
+            stateEvents[seq, default: []].append(EventKind(rawValue: kind) ?? .issued)
         }
+        var lastRecord: (Int64, String) = (0, LedgerRecord.genesisHash)
+        for try await row in try await conn.query(
+            sql("SELECT \(Self.recordColumns) FROM @.records WHERE chain = $1 ORDER BY seq", stationID),
+            logger: logger)
+        {
+            let record = try Self.record(row)
+            verifier.add(record: record, stateEvents: stateEvents[record.seq] ?? [])
+            lastRecord = (record.seq, record.hash)
+        }
+        var lastEvent: (Int64, String) = (0, LedgerRecord.genesisHash)
+        for try await row in try await conn.query(
+            sql("SELECT \(Self.eventColumns) FROM @.events WHERE chain = $1 ORDER BY seq", stationID),
+            logger: logger)
+        {
+            let event = try Self.event(row)
+            verifier.add(event: event)
+            lastEvent = (event.seq, event.hash)
+        }
+        let heads = try await conn.query(
+            sql(
+                "SELECT record_seq, record_hash, event_seq, event_hash FROM @.stations WHERE station_id = $1",
+                stationID), logger: logger)
+        var found = false
+        for try await (rs, rh, es, eh) in heads.decode((Int64, String, Int64, String).self) {
+            found = true
+            if rs != lastRecord.0 || rh != lastRecord.1 {
+                verifier.note(
+                    "records: the station's head says seq \(rs) (\(rh.prefix(16))…) but the chain ends at seq \(lastRecord.0) (\(lastRecord.1.prefix(16))…): rows were cut off or added behind the ledger's back"
+                )
+            }
+            if es != lastEvent.0 || eh != lastEvent.1 {
+                verifier.note(
+                    "events: the station's head says seq \(es) (\(eh.prefix(16))…) but the chain ends at seq \(lastEvent.0) (\(lastEvent.1.prefix(16))…): rows were cut off or added behind the ledger's back"
+                )
+            }
+        }
+        if !found && (lastRecord.0 > 0 || lastEvent.0 > 0) {
+            verifier.note("station \(stationID) has rows but no head in the stations table")
+        }
+        return verifier.report
     }
 }
 

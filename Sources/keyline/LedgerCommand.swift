@@ -56,8 +56,8 @@ struct LedgerCopyCommand: AsyncParsableCommand {
         discussion: """
             Copies every record and event with its sequence number, state, timestamps and hash into the \
             destination's chain for the same station, in one transaction, then verifies the destination and \
-            checks that its heads equal the source's. Stop the station first ('systemctl stop keyline'); records \
-            made during the copy are not copied.
+            checks that its heads equal the source's. Stop the station first ('systemctl stop keyline'): a source \
+            that changes during the copy is refused (exit 75), with nothing written.
 
             Refused, with nothing written: a source that does not verify (exit 4); a destination chain for the \
             station that already holds records or events, or a CN, serial, certificate or public key another \
@@ -124,11 +124,30 @@ struct LedgerCopyCommand: AsyncParsableCommand {
             let options = try Station.postgresOptions(url: to, settings: settings)
             // The source must exist; opening it never creates one.
             let probe = try SQLiteLedger(path: path, stationID: stationID ?? "")
-            var id = stationID ?? ""
-            if stationID == nil { id = try await Self.recordedStationID(probe, path: path) }
+            let recorded = try await Self.recordedStationIDs(probe, path: path)
+            let id: String
+            if let stationID {
+                // Only to choose among several (a station renamed at some point), never to file one station's
+                // rows under another's chain.
+                guard recorded.contains(stationID) else {
+                    throw KeylineError(
+                        .usage,
+                        "--station-id \(stationID): the rows of \(path) belong to \(recorded.sorted().joined(separator: ", "))"
+                    )
+                }
+                id = stationID
+            } else {
+                guard recorded.count == 1, let only = recorded.first else {
+                    throw KeylineError(
+                        .usage,
+                        "\(path) holds rows of several stations (\(recorded.sorted().joined(separator: ", "))); name the chain with --station-id"
+                    )
+                }
+                id = only
+            }
             let source = try SQLiteLedger(path: path, stationID: id)
             let destination = try await PostgresLedger(
-                options: options, stationID: id, schema: schema, migrate: false)
+                options: options, stationID: id, schema: schema, migrate: false, registration: .none)
             let report = try await destination.copyChain(from: source)
             let h = report.destinationHeads
             if json {
@@ -156,20 +175,15 @@ struct LedgerCopyCommand: AsyncParsableCommand {
         }
     }
 
-    /// The station id a ledger's rows carry (all of them must agree).
-    static func recordedStationID(_ ledger: SQLiteLedger, path: String) async throws -> String {
+    /// The station ids a ledger's rows carry (normally one).
+    static func recordedStationIDs(_ ledger: SQLiteLedger, path: String) async throws -> Set<String> {
         var ids: Set<String> = []
         try await ledger.forEachEvent(kinds: nil, afterSeq: 0) { ids.insert($0.content.stationID) }
         try await ledger.forEachRecord(RecordQuery()) { ids.insert($0.content.stationID) }
-        guard ids.count == 1, let id = ids.first else {
-            throw KeylineError(
-                .usage,
-                ids.isEmpty
-                    ? "\(path) holds no records or events, so there is nothing to copy"
-                    : "\(path) holds rows of several stations (\(ids.sorted().joined(separator: ", "))); name the chain with --station-id"
-            )
+        guard !ids.isEmpty else {
+            throw KeylineError(.usage, "\(path) holds no records or events, so there is nothing to copy")
         }
-        return id
+        return ids
     }
 }
 

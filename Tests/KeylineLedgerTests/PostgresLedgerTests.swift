@@ -292,6 +292,65 @@ struct PostgresLedgerTests {
         #expect(try await ledger.count() == 0)
     }
 
+    @Test("a connection lost after COMMIT was sent is not retried, and the error says the outcome is unknown")
+    func lostAfterCommitSent() async throws {
+        let ledger = try await stations(["line-1"])[0]
+        let attempts = Attempts()
+        let log = ledger.logger
+        ledger.afterCommitSent = { conn, _ in
+            _ = attempts.next()
+            try await conn.exec("SELECT pg_terminate_backend(pg_backend_pid())", logger: log)
+        }
+        do {
+            let r = try await issueAt(ledger, "SN-UNKNOWN")
+            Issue.record("reported seq \(r.seq) as committed")
+        } catch let e as KeylineError {
+            #expect(e.code == .unavailable && e.reason.contains("whether it was recorded is unknown"), "\(e.reason)")
+        }
+        #expect(attempts.count == 1, "not run again: the first attempt might have committed")
+        ledger.afterCommitSent = nil
+        #expect(try await ledger.count() == 0)
+    }
+
+    @Test("a read that hands rows to its caller is not run again after a failure; a plain read is")
+    func readRetries() async throws {
+        let ledger = try await stations(["line-1"])[0]
+        for i in 1...5 { _ = try await issueAt(ledger, "SN-\(i)") }
+        let attempts = Attempts()
+        let log = ledger.logger
+        ledger.beforeCommit = { conn, attempt in
+            _ = attempts.next()
+            if attempt == 0 { try await conn.exec("SELECT pg_terminate_backend(pg_backend_pid())", logger: log) }
+        }
+        let delivered = Attempts()
+        await #expect(throws: KeylineError.self) {
+            try await ledger.forEachRecord(RecordQuery()) { _ in _ = delivered.next() }
+        }
+        #expect(delivered.count == 5, "each record handed over once, not again by a retry")
+        #expect(attempts.count == 1)
+        #expect(try await ledger.count() == 5, "a plain read is retried on a new connection")
+        #expect(attempts.count == 3)
+        ledger.beforeCommit = nil
+    }
+
+    @Test("verify catches a chain whose newest record and event were cut off behind the triggers' back")
+    func cutOffChain() async throws {
+        let ledger = try await stations(["line-1"])[0]
+        for i in 1...3 { _ = try await issueAt(ledger, "SN-\(i)") }
+        #expect(try await ledger.verify().isIntact)
+        let s = ledger.schema
+        for statement in [
+            "ALTER TABLE \(s).records DISABLE TRIGGER records_no_rewrite",
+            "ALTER TABLE \(s).events DISABLE TRIGGER events_no_rewrite",
+            "DELETE FROM \(s).events WHERE seq = 3", "DELETE FROM \(s).records WHERE seq = 3",
+        ] {
+            try await ledger.client.query(PostgresQuery(unsafeSQL: statement))
+        }
+        let report = try await ledger.verify()
+        #expect(!report.isIntact)
+        #expect(report.problems.contains { $0.contains("head says seq 3") && $0.contains("ends at seq 2") })
+    }
+
     @Test("a caller's own error and a constraint are not retried")
     func noRetryForCallerErrors() async throws {
         let ledger = try await stations(["line-1"])[0]
@@ -398,16 +457,40 @@ struct PostgresLedgerTests {
     @Test("ledger copy refuses a CN another station holds, and a source that does not verify, writing nothing")
     func copyRefusals() async throws {
         let (source, path) = try await sqliteLedger(["SN-1", "SN-2", "SN-3"])
-        let s = try await stations(["other", "station-test"])
-        _ = try await issueAt(s[0], "SN-3")
+        let other = try await stations(["other"])[0]
+        _ = try await issueAt(other, "SN-3")
+        let dest = try await PostgresLedger(
+            options: try .parse(Backend.postgresURL!, password: nil), stationID: "station-test", schema: other.schema,
+            migrate: false, registration: .none)
         do {
-            _ = try await s[1].copyChain(from: source, pageSize: 2)
+            _ = try await dest.copyChain(from: source, pageSize: 2)
             Issue.record("copied a CN another station holds")
         } catch let e as KeylineError {
             #expect(e.code == .dataError && e.reason.contains("(cn)=(SN-3)"), "\(e.reason)")
         }
-        #expect(try await s[1].count() == 0)
-        #expect(try await s[1].heads().eventsSeq == 0)
+        #expect(try await other.stationIDs() == ["other"], "a refused copy leaves no trace, not even the station")
+
+        // A source that changes during the copy (a station still running): refused, nothing written.
+        let (busy, busyPath) = try await sqliteLedger((1...6).map { "SN-B\($0)" })
+        let writer = try DatabaseQueue(path: busyPath)
+        let moved = Attempts()
+        do {
+            _ = try await dest.copyChain(from: busy, pageSize: 2) { _, _ in
+                guard moved.next() == 0 else { return }
+                try? writer.write { db in
+                    try db.execute(
+                        sql: """
+                            INSERT INTO events (seq, kind, detail, station_id, operator, at, prev_hash, hash)
+                            VALUES (7, 'refused', 'meanwhile', 'station-test', 'op', 0, 'x', 'y')
+                            """)
+                }
+            }
+            Issue.record("copied a source that changed meanwhile")
+        } catch let e as KeylineError {
+            #expect(e.code == .temporaryFailure && e.reason.contains("changed during the copy"), "\(e.reason)")
+        }
+        #expect(moved.count > 0)
+        #expect(try await other.stationIDs() == ["other"])
 
         // An edited source.
         let db = try DatabaseQueue(path: path)
@@ -417,13 +500,13 @@ struct PostgresLedgerTests {
             }
             try db.execute(sql: "UPDATE records SET cn = 'SN-9' WHERE seq = 2")
         }
-        let fresh = try await stations(["station-test"])[0]
+        let fresh = dest
         do {
             _ = try await fresh.copyChain(from: try SQLiteLedger(path: path, stationID: "station-test"))
             Issue.record("copied a tampered ledger")
         } catch let e as KeylineError {
             #expect(e.code == .integrity && e.reason.contains("record seq 2"), "\(e.reason)")
         }
-        #expect(try await fresh.count() == 0)
+        #expect(try await other.stationIDs() == ["other"])
     }
 }

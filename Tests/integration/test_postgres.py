@@ -253,14 +253,19 @@ def test_ledger_copy_refusals(tmp_path: Path, database: str):
     assert r.rc == 65 and "(cn)=(SN-1)" in r.err and "nothing was copied" in r.err, r
     sid = st.config()["station_id"]
     assert psql(database, f"SELECT count(*) FROM keyline.records WHERE chain = '{sid}'").strip() == "0"
+    assert psql(database, "SELECT count(*) FROM keyline.stations").strip() == "1", "no row for the refused station"
 
     r = st.run(*base, "--from", str(st.ledger_path))  # not sqlite:PATH
     assert r.rc == 64 and "--from must be sqlite:PATH" in r.err, r
     r = st.run(*base, "--from", f"sqlite:{tmp_path / 'missing.sqlite'}")
     assert r.rc == 69 and "ledger not found" in r.err, r
     assert not (tmp_path / "missing.sqlite").exists()
-    r = st.run("ledger", "copy", "--from", f"sqlite:{st.ledger_path}", "--to", "postgres://u:pw@h/db")
-    assert r.rc == EXIT_CONFIG and "must not carry a password" in r.err, r
+    for url in ("postgres://u:s3cr3tPW@h/db", "postgres://u:s3cr3tPW@/db", "postgres://:s3cr3tPW@h"):
+        r = st.run("ledger", "copy", "--from", f"sqlite:{st.ledger_path}", "--to", url)
+        assert r.rc == EXIT_CONFIG and "must not carry a password" in r.err, r
+        assert "s3cr3tPW" not in r.both, r
+    r = st.run(*base, "--from", f"sqlite:{st.ledger_path}", "--station-id", "line-9")
+    assert r.rc == 64 and f"belong to {sid}" in r.err, r
 
     # A tampered source is refused before anything is written.
     db = st.db()
@@ -268,7 +273,6 @@ def test_ledger_copy_refusals(tmp_path: Path, database: str):
     db.execute("UPDATE records SET cn = 'SN-X' WHERE seq = 2")
     db.commit()
     db.close()
-    psql(database, "DELETE FROM keyline.records WHERE false")  # (the table is there; nothing to undo)
     r = st.run(*base, "--from", f"sqlite:{st.ledger_path}")
     assert r.rc == 4 and "does not verify (first problem at record seq 2)" in r.err, r
 
