@@ -26,6 +26,8 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         public var password: String?
         public var database: String
         public var tls: PostgresClient.Configuration.TLS
+        /// The same TLS settings for a single, unpooled connection (used to say why the pool cannot connect).
+        public var connectionTLS: PostgresConnection.Configuration.TLS = .disable
 
         public init(
             host: String, port: Int, user: String, password: String?, database: String,
@@ -91,6 +93,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         self.stationID = stationID
         self.schema = schema
         self.place = "\(options.host):\(options.port)/\(options.database)"
+        self.options = options
         var log = Logger(label: "keyline.ledger.postgres")
         log.logLevel = .critical
         logger = log
@@ -332,6 +335,59 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     /// How long the station waits for the database before it says the ledger is unreachable.
     public var reachTimeout: Duration = .seconds(5)
     let place: String
+    let options: ConnectionOptions
+
+    /// Why a connection cannot be made, when the server or the TLS handshake says so (the pool only keeps trying):
+    /// one unpooled attempt, bounded by 3 s. Nil when the server simply does not answer.
+    func diagnoseConnection() async -> String? {
+        let o = options
+        let config = PostgresConnection.Configuration(
+            host: o.host, port: o.port, username: o.user, password: o.password, database: o.database,
+            tls: o.connectionTLS)
+        let log = logger
+        let outcome: String?? = await withTaskGroup(of: String??.self) { group in
+            group.addTask {
+                do {
+                    let conn = try await PostgresConnection.connect(configuration: config, id: 0, logger: log)
+                    try? await conn.close()
+                    return .some(nil)
+                } catch {
+                    return .some(Self.connectionFailure(error))
+                }
+            }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(3))
+                return .none
+            }
+            let first = await group.next() ?? .none
+            group.cancelAll()
+            return first
+        }
+        return outcome ?? nil
+    }
+
+    /// A connection failure worth naming: what the server said (authentication, pg_hba), or the TLS handshake's
+    /// complaint. Nil for a plain network failure (refused, timed out), which "does not answer" already says.
+    static func connectionFailure(_ error: Error) -> String? {
+        if let (state, message, _) = serverFields(error) { return "\(message) (SQLSTATE \(state))" }
+        guard let e = error as? PSQLError else { return nil }
+        if e.code == .sslUnsupported { return "the server does not offer TLS (ledger_sslmode requires it)" }
+        guard let u = e.underlying, u is NIOSSLError || String(reflecting: type(of: u)).contains("SSL") else {
+            return nil
+        }
+        let text = "\(u)"
+        if text.contains("CERTIFICATE_VERIFY_FAILED") {
+            return "TLS: the server's certificate does not verify against ledger_ca_file (or the system's roots)"
+        }
+        if text.contains("failedToValidateHostname") || text.contains("HOSTNAME") {
+            return "TLS: the server's certificate does not name the host in the ledger URL"
+        }
+        // BoringSSL's reason, such as "...:SSL routines:OPENSSL_internal:WRONG_VERSION_NUMBER at ...".
+        if let r = text.range(of: "OPENSSL_internal:[A-Z0-9_]+", options: .regularExpression) {
+            return "TLS handshake failed: " + text[r].dropFirst("OPENSSL_internal:".count)
+        }
+        return "TLS handshake failed: \(text.prefix(200))"
+    }
 
     /// Fails fast, with the operator's message, when no connection can be had within ``reachTimeout`` (the pool
     /// itself would keep retrying for minutes).
@@ -352,6 +408,12 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
             return first
         }
         if !reached {
+            if let why = await diagnoseConnection() {
+                throw KeylineError(
+                    .unavailable,
+                    "the ledger database \(place) refused the connection (\(context)): \(why); issuance is refused until it is fixed"
+                )
+            }
             throw KeylineError(
                 .unavailable,
                 "the ledger database \(place) does not answer (\(context)); issuance is refused until it is back")
@@ -1092,15 +1154,20 @@ public enum PostgresTLS {
     /// `disable`: plain TCP (loopback or a trusted network only). `require`: encrypted, the server certificate not
     /// checked. `verify-full` (the default): encrypted, the server's certificate checked against `caFile` (or the
     /// system's roots) and its name against the host.
-    public static func make(mode: Mode, caFile: String?) throws -> PostgresClient.Configuration.TLS {
+    /// The same settings for one unpooled connection.
+    public static func makeConnection(mode: Mode, caFile: String?) throws -> PostgresConnection.Configuration.TLS {
         switch mode {
         case .disable: return .disable
-        case .require:
-            var tls = TLSConfiguration.makeClientConfiguration()
+        case .require, .verifyFull:
+            return .require(try NIOSSLContext(configuration: configuration(mode: mode, caFile: caFile)))
+        }
+    }
+
+    static func configuration(mode: Mode, caFile: String?) throws -> TLSConfiguration {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        if mode == .require {
             tls.certificateVerification = .none
-            return .require(tls)
-        case .verifyFull:
-            var tls = TLSConfiguration.makeClientConfiguration()
+        } else {
             tls.certificateVerification = .fullVerification
             if let caFile {
                 guard FileManager.default.isReadableFile(atPath: caFile) else {
@@ -1108,7 +1175,14 @@ public enum PostgresTLS {
                 }
                 tls.trustRoots = .file(caFile)
             }
-            return .require(tls)
+        }
+        return tls
+    }
+
+    public static func make(mode: Mode, caFile: String?) throws -> PostgresClient.Configuration.TLS {
+        switch mode {
+        case .disable: return .disable
+        case .require, .verifyFull: return .require(try configuration(mode: mode, caFile: caFile))
         }
     }
 }

@@ -79,8 +79,9 @@ public struct Station: Sendable {
     ) throws -> PostgresLedger.ConnectionOptions {
         let password = try postgresPassword(settings, environment: environment)
         var options = try PostgresLedger.ConnectionOptions.parse(url, password: password)
-        options.tls = try PostgresTLS.make(
-            mode: PostgresTLS.Mode(rawValue: settings.sslMode.rawValue) ?? .verifyFull, caFile: settings.caFile)
+        let mode = PostgresTLS.Mode(rawValue: settings.sslMode.rawValue) ?? .verifyFull
+        options.tls = try PostgresTLS.make(mode: mode, caFile: settings.caFile)
+        options.connectionTLS = try PostgresTLS.makeConnection(mode: mode, caFile: settings.caFile)
         return options
     }
 

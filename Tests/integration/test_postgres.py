@@ -355,3 +355,72 @@ def test_backup_with_pg_dump_restores_every_chain(tmp_path: Path, database: str)
     other.mkdir()
     r = st.sign(str(make_csr(other, "SN-0-1")), out_dir=str(tmp_path / "out-x"))
     assert r.rc == EXIT_POLICY and "unique-cn" in r.err, r
+
+
+def make_tls_material(d: Path) -> tuple[Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 and localhost (the server's), and an unrelated CA."""
+    d.mkdir(parents=True, exist_ok=True)
+    for name in ("ca", "other-ca"):
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+                "-keyout", d / f"{name}.key", "-subj", f"/CN=Keyline test {name}", "-out", d / f"{name}.pem")
+    openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+            d / "server.key", "-subj", "/CN=localhost", "-out", d / "server.csr")
+    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", d / "server.csr", "-CA", d / "ca.pem", "-CAkey", d / "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", d / "san.ext", "-out", d / "server.crt")
+    return d / "ca.pem", d / "other-ca.pem"
+
+
+def test_tls_modes_against_a_server_that_requires_tls(tmp_path: Path):
+    """ledger_sslmode as documented, against a cluster that refuses plain TCP: verify-full (the default) with the
+    server's CA works, with another CA it is refused naming TLS, require works, disable is refused by the server."""
+    import tempfile
+
+    repo = Path(__file__).resolve().parents[2]
+    certs = Path(tempfile.mkdtemp(prefix="kl-tls-"))
+    ca, other_ca = make_tls_material(certs)
+    os.chmod(certs, 0o755)
+    cluster = Path(tempfile.mkdtemp(prefix="kl-pg-"))
+    ctl = [str(repo / "Scripts" / "pg-cluster")]
+    env = {**os.environ, "PG_CLUSTER_TLS": str(certs)}
+    try:
+        url = subprocess.run(ctl + ["start", str(cluster)], check=True, capture_output=True, text=True,
+                             env=env).stdout.strip()
+        st = init_station(tmp_path / "s")
+        plain = st.toml_path.read_text()
+
+        def configure(mode: str | None, ca_file: Path | None):
+            lines = [f'ledger = "{url}"']
+            if mode:
+                lines.append(f'ledger_sslmode = "{mode}"')
+            if ca_file:
+                lines.append(f'ledger_ca_file = "{ca_file}"')
+            st.toml_path.write_text(plain.replace('ledger = "sqlite:ledger.sqlite"', "\n".join(lines)))
+
+        csrs = tmp_path / "csrs"
+        csrs.mkdir()
+        # verify-full is the default: no ledger_sslmode line at all.
+        configure(None, ca)
+        assert_exit(st.run("ledger", "migrate"), EXIT_OK)
+        assert_exit(st.sign(str(make_csr(csrs, "TLS-1")), out_dir=str(tmp_path / "out")), EXIT_OK)
+        # The server's certificate signed by another CA: refused, and the error says it is about TLS.
+        configure("verify-full", other_ca)
+        r = st.sign(str(make_csr(csrs, "TLS-2")), out_dir=str(tmp_path / "out"))
+        assert r.rc == 69 and "TLS: the server's certificate does not verify against ledger_ca_file" in r.err, r
+        assert r.err.count("\n") == 1
+        # require: encrypted, the certificate not checked.
+        configure("require", None)
+        assert_exit(st.sign(str(make_csr(csrs, "TLS-3")), out_dir=str(tmp_path / "out")), EXIT_OK)
+        # disable: the server refuses a connection without TLS.
+        configure("disable", None)
+        r = st.sign(str(make_csr(csrs, "TLS-4")), out_dir=str(tmp_path / "out"))
+        assert r.rc == 69 and "refused the connection" in r.err and "no encryption" in r.err, r
+        configure("require", None)
+        r = st.run("ledger", "list", "--json")
+        assert_exit(r, EXIT_OK)
+        assert [x["cn"] for x in json.loads(r.out)["records"]] == ["TLS-1", "TLS-3"]
+    finally:
+        subprocess.run(ctl + ["stop", str(cluster)], capture_output=True)
+        import shutil
+        shutil.rmtree(cluster, ignore_errors=True)
+        shutil.rmtree(certs, ignore_errors=True)
