@@ -938,19 +938,61 @@ class Bench:
             log(msg)
 
         first, last = kl_rows[0], kl_rows[-1]
-        growth = ratio(last["median_us"], first["median_us"])
+        sequential = ratio(last["median_us"], first["median_us"])
         largest = last["size"]
+
+        # The sizes above are measured one after another, with a fill of up to a million records (and its
+        # writeback) between them, so a machine that is slower later shows as growth. The issue asks for peers to
+        # be interleaved so drift hits both sides: the largest ledger and a fresh empty station (same profile) are
+        # measured again, alternating, the same number of runs each. That interleaved ratio is the target's figure;
+        # the sequential one stays in the table beside it.
+        log("  interleaved: the largest ledger and a fresh empty one, alternating")
+        empty = self.init_station(base / "station-empty", step)
+        with open(empty / "station.toml", "a") as f:
+            f.write(BENCH_PROFILE)
+        inter = {"largest": [], "empty": []}
+        inter_runs = []
+        for rep in range(self.growth_reps):
+            pair = [("largest", station), ("empty", empty)]
+            for which, st in (pair if rep % 2 == 0 else pair[::-1]):
+                names = [f"i-{which}-r{rep + 1}-{i:04d}" for i in range(1, self.growth_csrs + 1)]
+                csrs = make_csrs(base / "csrs-interleaved" / f"{which}-{rep + 1}", names)
+                tim = base / f"keyline-timings-interleaved-{which}-{rep + 1}.txt"
+                argv = self.kl("sign", *map(str, csrs), "--profile", "bench", "--out-dir",
+                               str(base / f"keyline-out-{which}"), "--timings", str(tim), "--station", str(st))
+                note_command(step, self.kl("sign", f"<{self.growth_csrs} csr files>", "--profile", "bench",
+                                           "--out-dir", str(base / "keyline-out-WHICH"), "--timings",
+                                           str(base / "keyline-timings-interleaved-WHICH-REP.txt"), "--station",
+                                           str(base / "station{,-empty}")),
+                             "the interleaved runs: largest and empty ledger alternating")
+                settle()
+                with open(base / f"keyline-interleaved-{which}-{rep + 1}.log", "wb") as logf:
+                    _, wall = run(argv, timeout=900, what="keyline sign (growth, interleaved)",
+                                  stdout=subprocess.DEVNULL, stderr=logf, env=self.env)
+                ts = read_timings(tim)
+                if len(ts) != len(csrs):
+                    raise StepFailed(f"keyline sign wrote {len(ts)} timings for {len(csrs)} CSRs")
+                inter[which] += ts
+                inter_runs.append({"ledger": which, "round": rep + 1, "median_us": round(median(ts), 1)})
+        il, ie = stats_us(inter["largest"]), stats_us(inter["empty"])
+        growth = ratio(il["median_us"], ie["median_us"])
+        log(f"  interleaved: median {il['median_us']:.0f} µs at {largest} vs {ie['median_us']:.0f} µs empty "
+            f"= {growth}× (sequential {sequential}×)")
+
         os_reached = [r["size"] for r in os_rows]
         self.r["growth"] = {
             "sizes": self.sizes, "csrs_per_run": self.growth_csrs, "repetitions": self.growth_reps,
             "keyline": kl_rows, "openssl_ca": os_rows, "openssl_ca_sizes_reached": os_reached,
             "openssl_ca_budget_seconds_per_size": self.openssl_growth_budget,
             "openssl_ca_skipped_sizes": [s for s in self.sizes if s not in os_reached], "fill": fills,
+            "interleaved": {"largest": il, "empty": ie, "runs": inter_runs},
         }
         self.r["growth_sizes"] = self.sizes
         self.r["growth_largest_size"] = largest
         self.r["growth_ratio_1m_vs_empty"] = growth
-        self.r["growth_ratio_1m_vs_empty_p95"] = ratio(last["p95_us"], first["p95_us"])
+        self.r["growth_ratio_1m_vs_empty_p95"] = ratio(il["p95_us"], ie["p95_us"])
+        self.r["growth_ratio_sequential"] = sequential
+        self.r["growth_ratio_sequential_p95"] = ratio(last["p95_us"], first["p95_us"])
         self.r["openssl_ca_growth_ratio_largest_vs_empty"] = (
             ratio(os_rows[-1]["median_us"], os_rows[0]["median_us"]) if len(os_rows) >= 2 else None)
         self.r["openssl_ca_growth_largest_size"] = os_reached[-1] if os_reached else None
@@ -1044,7 +1086,8 @@ class Bench:
             out.unlink()
             if wall > 120:  # one long run is enough at this size
                 break
-        expected = size + self.growth_reps * self.growth_csrs * len(self.sizes)
+        # Every size's runs, plus the interleaved runs on the largest ledger.
+        expected = size + self.growth_reps * self.growth_csrs * (len(self.sizes) + 1)
         if runs[0]["rows"] != expected:
             self.notes.append(f"the export had {runs[0]['rows']} rows; the bench profile has {expected} records.")
         self.r["export"] = {"ledger_records": size, "runs": runs}
@@ -1255,7 +1298,7 @@ class Bench:
             "durable_ratio_vs_pyca", "durable_ratio_vs_openssl", "durable_ratio_vs_openssl_plain_key",
             "keyline_durable_median_us", "keyline_durable_p95_us", "pyca_durable_median_us", "pyca_durable_p95_us",
             "openssl_ca_durable_median_us", "openssl_ca_durable_p95_us", "ca_key_decrypt_ms_openssl",
-            "growth_ratio_1m_vs_empty", "growth_ratio_1m_vs_empty_p95", "growth_sizes", "growth_largest_size",
+            "growth_ratio_1m_vs_empty", "growth_ratio_1m_vs_empty_p95", "growth_ratio_sequential", "growth_sizes", "growth_largest_size",
             "openssl_ca_growth_ratio_largest_vs_empty", "openssl_ca_growth_largest_size",
             "fill_per_sec_first_batch", "fill_per_sec_last_batch",
             "bulk_per_sec", "bulk_1core_per_sec", "raw_limit_1core_per_sec", "raw_limit_all_per_sec",
@@ -1312,8 +1355,10 @@ class Bench:
                 f"Growth: ledger sizes {g['sizes']}; at each, {g['repetitions']} runs of `keyline sign` with "
                 f"{g['csrs_per_run']} fresh CSRs, interleaved with openssl ca on an index.txt of the same size "
                 f"(synthetic lines, budget {g['openssl_ca_budget_seconds_per_size']:.0f} s per size). The growth "
-                "ratio is the pooled per-certificate median at the largest size over that at 0 (the key is named "
-                "`growth_ratio_1m_vs_empty` whatever the largest size; see `growth_largest_size`). The ledger is "
+                "ratio is the pooled per-certificate median at the largest size over that at 0, both measured again "
+                "after the sizes, alternating with a fresh empty station, so drift hits both sides (the key is named "
+                "`growth_ratio_1m_vs_empty` whatever the largest size; see `growth_largest_size`; the ratio of the "
+                "sizes measured in sequence is `growth_ratio_sequential`). The ledger is "
                 "filled with `keyline issue` (station-made keys, profile bench); the fill's key and certificate files "
                 "are deleted, the ledger keeps the records. openssl ca reached sizes "
                 f"{g['openssl_ca_sizes_reached']}" + (f", skipped {g['openssl_ca_skipped_sizes']}."
@@ -1388,8 +1433,9 @@ class Bench:
              f(r.get("openssl_ca_plain_key_per_sec"))),
             ("durable ratio keyline / pyca", f(r.get("durable_ratio_vs_pyca"), 2) + "×"),
             ("durable ratio keyline / openssl ca", f(r.get("durable_ratio_vs_openssl"), 2) + "×"),
-            (f"growth ratio: median at {f(r.get('growth_largest_size'))} records / at 0",
+            (f"growth ratio: median at {f(r.get('growth_largest_size'))} records / at 0 (interleaved)",
              f(r.get("growth_ratio_1m_vs_empty"), 3) + "×"),
+            ("growth ratio, sizes measured in sequence", f(r.get("growth_ratio_sequential"), 3) + "×"),
             ("bulk pre-generation, all cores, certificates/s", f(r.get("bulk_per_sec"))),
             ("bulk pre-generation, one core, certificates/s", f(r.get("bulk_1core_per_sec"))),
             ("raw limit (P-256 keygen + ECDSA sign), one core, ops/s", f(r.get("raw_limit_1core_per_sec"))),
@@ -1443,6 +1489,14 @@ class Bench:
                 L.append(f"| {f(k['size'])} | {f(k['ledger_mb'])} | {f(k['median_us'])} | {f(k['p95_us'])} | "
                          f"{f(o['median_us']) if o else 'skipped'} | {f(o['count']) if o else '–'} |")
             L.append("")
+            il = g.get("interleaved")
+            if il:
+                L.append(f"Interleaved (the target's figure): the {f(r['growth_largest_size'])}-record ledger and a "
+                         f"fresh empty one measured alternately, {g['repetitions']} runs of {g['csrs_per_run']} "
+                         f"CSRs each: median {f(il['largest']['median_us'])} µs vs {f(il['empty']['median_us'])} µs, "
+                         f"p95 {f(il['largest']['p95_us'])} vs {f(il['empty']['p95_us'])} µs. The table above is "
+                         f"sequential (each size after the previous one's fill): "
+                         f"{f(r.get('growth_ratio_sequential'), 3)}× by median.\n")
             L.append(f"keyline: {f(r['growth_ratio_1m_vs_empty'], 3)}× (median), "
                      f"{f(r['growth_ratio_1m_vs_empty_p95'], 3)}× (p95) from 0 to {f(r['growth_largest_size'])} "
                      f"records. openssl ca: {f(r.get('openssl_ca_growth_ratio_largest_vs_empty'), 2)}× from 0 to "
