@@ -148,58 +148,60 @@ extension PostgresLedger {
 
     /// One multi-row INSERT for a page of records, their stored hashes kept as they are.
     func insertRecords(_ conn: PostgresConnection, _ page: [LedgerRecord]) async throws {
-        let columns = 29
-        var rows: [String] = []
-        var b = PostgresBindings(capacity: page.count * columns)
-        for (i, r) in page.enumerated() {
-            let c = r.content
-            let values: [(any PostgresThrowingDynamicTypeEncodable)?] = [
-                stationID, r.seq, c.cn, c.serialHex, c.certificateFingerprint, c.publicKeySHA256, c.caFingerprint,
-                c.caName, c.profile, c.stationID, c.operatorName, c.keyOrigin.rawValue, c.hardwareID, c.workOrder,
-                Int64(Timestamp.seconds(c.notBefore)), Int64(Timestamp.seconds(c.notAfter)), Data(c.certificateDER),
-                r.state.rawValue, Timestamp.millis(c.createdAt), Timestamp.millis(r.updatedAt), r.prevHash, r.hash,
-                c.attributes != nil, c.attributes?.description, c.attributes?.tags.joined(separator: ","),
-                c.attributes?.productPRN, c.attributes?.cohortPRN, c.attributes?.target, c.reissueOf,
-            ]
-            for v in values {
-                if let v { try b.append(v) } else { b.appendNull() }
-            }
-            rows.append("(" + (1...columns).map { "$\(i * columns + $0)" }.joined(separator: ", ") + ")")
-        }
-        try await conn.exec(
-            PostgresQuery(
-                unsafeSQL: """
-                    INSERT INTO \(schema).records (chain, seq, cn, serial_hex, cert_sha256, pubkey_sha256, ca_sha256,
-                      ca_name, profile, station_id, operator, key_origin, hardware_id, work_order, not_before, not_after,
-                      cert_der, state, created_at, updated_at, prev_hash, hash, has_attributes, description, tags,
-                      product_prn, cohort_prn, target, reissue_of)
-                    VALUES \(rows.joined(separator: ", "))
-                    """, binds: b), logger: logger)
+        try await insertRows(
+            conn, table: "records",
+            columns: """
+                chain, seq, cn, serial_hex, cert_sha256, pubkey_sha256, ca_sha256, ca_name, profile, station_id, \
+                operator, key_origin, hardware_id, work_order, not_before, not_after, cert_der, state, created_at, \
+                updated_at, prev_hash, hash, has_attributes, description, tags, product_prn, cohort_prn, target, \
+                reissue_of
+                """,
+            rows: page.map { r in
+                let c = r.content
+                return [
+                    stationID, r.seq, c.cn, c.serialHex, c.certificateFingerprint, c.publicKeySHA256, c.caFingerprint,
+                    c.caName, c.profile, c.stationID, c.operatorName, c.keyOrigin.rawValue, c.hardwareID, c.workOrder,
+                    Int64(Timestamp.seconds(c.notBefore)), Int64(Timestamp.seconds(c.notAfter)),
+                    Data(c.certificateDER), r.state.rawValue, Timestamp.millis(c.createdAt),
+                    Timestamp.millis(r.updatedAt), r.prevHash, r.hash, c.attributes != nil, c.attributes?.description,
+                    c.attributes?.tags.joined(separator: ","), c.attributes?.productPRN, c.attributes?.cohortPRN,
+                    c.attributes?.target, c.reissueOf,
+                ]
+            })
     }
 
     /// One multi-row INSERT for a page of events, their stored hashes kept as they are.
     func insertEvents(_ conn: PostgresConnection, _ page: [LedgerEvent]) async throws {
-        let columns = 11
-        var rows: [String] = []
-        var b = PostgresBindings(capacity: page.count * columns)
-        for (i, e) in page.enumerated() {
-            let c = e.content
-            let values: [(any PostgresThrowingDynamicTypeEncodable)?] = [
-                stationID, e.seq, c.kind.rawValue, c.recordSeq, c.cn, c.detail, c.stationID, c.operatorName,
-                Timestamp.millis(c.at), e.prevHash, e.hash,
-            ]
-            for v in values {
+        try await insertRows(
+            conn, table: "events",
+            columns: "chain, seq, kind, record_seq, cn, detail, station_id, operator, at, prev_hash, hash",
+            rows: page.map { e in
+                let c = e.content
+                return [
+                    stationID, e.seq, c.kind.rawValue, c.recordSeq, c.cn, c.detail, c.stationID, c.operatorName,
+                    Timestamp.millis(c.at), e.prevHash, e.hash,
+                ]
+            })
+    }
+
+    /// `INSERT INTO table (columns) VALUES (...), (...)`, every value bound ($1, $2, ... across the rows).
+    func insertRows(
+        _ conn: PostgresConnection, table: String, columns: String,
+        rows: [[(any PostgresThrowingDynamicTypeEncodable)?]]
+    ) async throws {
+        guard let width = rows.first?.count else { return }
+        var b = PostgresBindings(capacity: rows.count * width)
+        var tuples: [String] = []
+        for (i, row) in rows.enumerated() {
+            for v in row {
                 if let v { try b.append(v) } else { b.appendNull() }
             }
-            rows.append("(" + (1...columns).map { "$\(i * columns + $0)" }.joined(separator: ", ") + ")")
+            tuples.append("(" + (1...width).map { "$\(i * width + $0)" }.joined(separator: ", ") + ")")
         }
         try await conn.exec(
             PostgresQuery(
-                unsafeSQL: """
-                    INSERT INTO \(schema).events (chain, seq, kind, record_seq, cn, detail, station_id, operator, at,
-                      prev_hash, hash)
-                    VALUES \(rows.joined(separator: ", "))
-                    """, binds: b), logger: logger)
+                unsafeSQL: "INSERT INTO \(schema).\(table) (\(columns)) VALUES \(tuples.joined(separator: ", "))",
+                binds: b), logger: logger)
     }
 }
 
