@@ -37,9 +37,7 @@ public final class InMemoryLedger: Ledger {
         if let error = r.cnRefusal(latest: latest) { return error }
         r.reissueOf = r.reissue ? latest?.seq : nil
         if s.byKey.contains(r.publicKeySHA256) {
-            return .refused(
-                "unique-public-key",
-                "public key \(r.publicKeySHA256.prefix(16))… already belongs to another certificate")
+            return r.keyTakenRefusal
         }
         return nil
     }
@@ -54,19 +52,11 @@ public final class InMemoryLedger: Ledger {
         _ reservations: [Reservation], signAll: ([Reservation]) throws -> [RecordContent]
     ) async throws -> [LedgerRecord] {
         let outcome: Result<[LedgerRecord], KeylineError> = try state.withLock { s in
-            var cns: Set<String> = []
-            var keys: Set<String> = []
+            var batch = BatchUniqueness()
             var reservations = reservations
             for i in reservations.indices {
                 let r = reservations[i]
-                var error = Self.refusal(s, &reservations[i])
-                if error == nil && !cns.insert(r.cn).inserted {
-                    error = .refused("unique-cn", "CN '\(r.cn)' is given twice in one batch")
-                }
-                if error == nil && !keys.insert(r.publicKeySHA256).inserted {
-                    error = .refused(
-                        "unique-public-key", "public key \(r.publicKeySHA256.prefix(16))… is given twice in one batch")
-                }
+                let error = Self.refusal(s, &reservations[i]) ?? batch.refusal(r)
                 if let error {
                     _ = Self.appendEvent(
                         &s,

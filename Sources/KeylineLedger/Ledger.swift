@@ -47,6 +47,34 @@ public struct Reservation: Sendable, Equatable {
     }
 }
 
+extension Reservation {
+    /// The refusal for a public key the ledger already holds (every backend words it the same).
+    public var keyTakenRefusal: KeylineError {
+        .refused(
+            "unique-public-key", "public key \(publicKeySHA256.prefix(16))… already belongs to another certificate")
+    }
+}
+
+/// The CNs and public keys seen so far in one batch: a batch may not name either twice.
+public struct BatchUniqueness {
+    private var cns: Set<String> = []
+    private var keys: Set<String> = []
+
+    public init() {}
+
+    /// Notes `r`; the refusal when its CN or key was already in the batch.
+    public mutating func refusal(_ r: Reservation) -> KeylineError? {
+        if !cns.insert(r.cn).inserted {
+            return .refused("unique-cn", "CN '\(r.cn)' is given twice in one batch")
+        }
+        if !keys.insert(r.publicKeySHA256).inserted {
+            return .refused(
+                "unique-public-key", "public key \(r.publicKeySHA256.prefix(16))… is given twice in one batch")
+        }
+        return nil
+    }
+}
+
 /// Both chain heads of one snapshot: what a checkpoint signs.
 public struct LedgerHeads: Sendable, Equatable {
     public var recordsSeq: Int64

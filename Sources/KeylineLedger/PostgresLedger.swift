@@ -757,11 +757,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         r.reissueOf = r.reissue ? own?.seq : nil
         let taken = try await conn.query(
             sql("SELECT 1 FROM @.records WHERE pubkey_sha256 = $1", r.publicKeySHA256), logger: logger)
-        for try await _ in taken {
-            return .refused(
-                "unique-public-key",
-                "public key \(r.publicKeySHA256.prefix(16))… already belongs to another certificate")
-        }
+        for try await _ in taken { return r.keyTakenRefusal }
         return nil
     }
 
@@ -780,24 +776,15 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
             out = try await write("committing to the ledger") { conn in
                 refused = nil
                 var heads = try await lockHeads(conn)
-                var cns: Set<String> = []
-                var keys: Set<String> = []
+                var batch = BatchUniqueness()
                 var rs = reservations
                 for i in rs.indices {
                     let r = rs[i]
-                    if let error = try await refusal(conn, &rs[i]) {
+                    let ledgerRefusal = try await refusal(conn, &rs[i])
+                    if let error = ledgerRefusal ?? batch.refusal(r) {
                         refused = (r, error)
-                    } else if !cns.insert(r.cn).inserted {
-                        refused = (r, .refused("unique-cn", "CN '\(r.cn)' is given twice in one batch"))
-                    } else if !keys.insert(r.publicKeySHA256).inserted {
-                        refused = (
-                            r,
-                            .refused(
-                                "unique-public-key",
-                                "public key \(r.publicKeySHA256.prefix(16))… is given twice in one batch")
-                        )
+                        throw error
                     }
-                    if let refused { throw refused.1 }
                 }
                 let contents = try signAll(rs)
                 guard contents.count == rs.count else {

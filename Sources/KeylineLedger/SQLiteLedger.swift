@@ -191,22 +191,12 @@ public final class SQLiteLedger: Ledger {
                     out = []
                     refusal = nil
                     // Reserve: every CN and key must be new to the ledger and to this batch.
-                    var cns: Set<String> = []
-                    var keys: Set<String> = []
+                    var batch = BatchUniqueness()
                     var reservations = reservations
                     for i in reservations.indices {
                         let r = reservations[i]
-                        if let error = try Self.refusal(db, &reservations[i]) {
+                        if let error = try Self.refusal(db, &reservations[i]) ?? batch.refusal(r) {
                             refusal = (r, error)
-                        } else if !cns.insert(r.cn).inserted {
-                            refusal = (r, .refused("unique-cn", "CN '\(r.cn)' is given twice in one batch"))
-                        } else if !keys.insert(r.publicKeySHA256).inserted {
-                            refusal = (
-                                r,
-                                .refused(
-                                    "unique-public-key",
-                                    "public key \(r.publicKeySHA256.prefix(16))… is given twice in one batch")
-                            )
                         }
                         if refusal != nil { return .rollback }
                     }
@@ -614,9 +604,7 @@ public final class SQLiteLedger: Ledger {
             db.cachedStatement(sql: "SELECT 1 FROM records WHERE pubkey_sha256 = ?"), arguments: [r.publicKeySHA256])
             != nil
         {
-            return .refused(
-                "unique-public-key",
-                "public key \(r.publicKeySHA256.prefix(16))… already belongs to another certificate")
+            return r.keyTakenRefusal
         }
         return nil
     }
