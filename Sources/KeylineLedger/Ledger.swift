@@ -189,6 +189,15 @@ public protocol Ledger: Sendable {
         _ reservations: [Reservation], signAll: ([Reservation]) throws -> [RecordContent]
     ) async throws -> [LedgerRecord]
 
+    /// Many requests in one transaction, each judged on its own (group commit): a refused reservation leaves its
+    /// `refused` event and is skipped, `signAll` is called once with the accepted ones in order, and they are all
+    /// committed together with those events. Returns one result per reservation, in order. An error that is not a
+    /// refusal (the ledger, or `signAll`) commits nothing and is thrown. A backend without its own implementation
+    /// runs one transaction per reservation.
+    func issueEach(
+        _ reservations: [Reservation], signAll: ([Reservation]) throws -> [RecordContent]
+    ) async throws -> [Result<LedgerRecord, KeylineError>]
+
     /// Appends an event to the audit trail.
     @discardableResult
     func appendEvent(_ content: EventContent) async throws -> LedgerEvent
@@ -261,6 +270,21 @@ public protocol Ledger: Sendable {
 }
 
 extension Ledger {
+    /// One transaction per reservation: correct for every backend, without the shared commit.
+    public func issueEach(
+        _ reservations: [Reservation], signAll: ([Reservation]) throws -> [RecordContent]
+    ) async throws -> [Result<LedgerRecord, KeylineError>] {
+        var results: [Result<LedgerRecord, KeylineError>] = []
+        for r in reservations {
+            do {
+                results.append(.success(try await issueBatch([r], signAll: signAll)[0]))
+            } catch let error as KeylineError where error.code == .policyRefusal {
+                results.append(.failure(error))
+            }
+        }
+        return results
+    }
+
     /// Records a refusal as an audit event (the only trace a refused request leaves).
     @discardableResult
     public func recordRefusal(cn: String?, reason: String, operatorName: String, at: Date) async throws -> LedgerEvent {

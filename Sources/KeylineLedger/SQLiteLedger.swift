@@ -171,20 +171,29 @@ public final class SQLiteLedger: Ledger {
     public func issue(
         _ reservation: Reservation, sign: (Reservation) throws -> RecordContent
     ) async throws -> LedgerRecord {
-        try issueSync([reservation]) { try $0.map(sign) }[0]
+        try issueSync([reservation], each: false) { try $0.map(sign) }[0].get()
     }
 
     public func issueBatch(
         _ reservations: [Reservation], signAll: ([Reservation]) throws -> [RecordContent]
     ) async throws -> [LedgerRecord] {
-        try issueSync(reservations, signAll: signAll)
+        try issueSync(reservations, each: false, signAll: signAll).map { try $0.get() }
     }
 
-    private func issueSync(
+    public func issueEach(
         _ reservations: [Reservation], signAll: ([Reservation]) throws -> [RecordContent]
-    ) throws -> [LedgerRecord] {
+    ) async throws -> [Result<LedgerRecord, KeylineError>] {
+        try issueSync(reservations, each: true, signAll: signAll)
+    }
+
+    /// Reserve → sign → commit in one transaction. Without `each`, the first refusal rolls the batch back, is
+    /// recorded in a transaction of its own and thrown; with it, refused reservations are skipped and their events
+    /// committed with the accepted ones.
+    private func issueSync(
+        _ reservations: [Reservation], each: Bool, signAll: ([Reservation]) throws -> [RecordContent]
+    ) throws -> [Result<LedgerRecord, KeylineError>] {
         var refusal: (reservation: Reservation, error: KeylineError)?
-        var out: [LedgerRecord] = []
+        var out: [Result<LedgerRecord, KeylineError>] = []
         try guarded("committing to the ledger") {
             try dbQueue.writeWithoutTransaction { db in
                 try db.inTransaction(.immediate) {
@@ -193,21 +202,33 @@ public final class SQLiteLedger: Ledger {
                     // Reserve: every CN and key must be new to the ledger and to this batch.
                     var batch = BatchUniqueness()
                     var reservations = reservations
+                    var refused: [Int: KeylineError] = [:]
                     for i in reservations.indices {
                         let r = reservations[i]
                         if let error = try Self.refusal(db, &reservations[i]) ?? batch.refusal(r) {
-                            refusal = (r, error)
+                            guard each else {
+                                refusal = (r, error)
+                                return .rollback
+                            }
+                            refused[i] = error
                         }
-                        if refusal != nil { return .rollback }
                     }
-                    // Sign, then commit.
-                    let contents = try signAll(reservations)
-                    guard contents.count == reservations.count else {
+                    // Sign the accepted ones, then commit them with the refusals' events, in request order.
+                    let accepted = reservations.indices.filter { refused[$0] == nil }.map { reservations[$0] }
+                    let contents = accepted.isEmpty ? [] : try signAll(accepted)
+                    guard contents.count == accepted.count else {
                         throw KeylineError(
-                            .internalError, "signed \(contents.count) of \(reservations.count) reservations")
+                            .internalError, "signed \(contents.count) of \(accepted.count) reservations")
                     }
                     var head = try Self.head(db)
-                    for (r, content) in zip(reservations, contents) {
+                    var next = contents.makeIterator()
+                    for (i, r) in reservations.enumerated() {
+                        if let error = refused[i] {
+                            try Self.insertEvent(db, Self.refusedEvent(r, error, stationID: stationID))
+                            out.append(.failure(error))
+                            continue
+                        }
+                        let content = next.next()!
                         guard content.cn == r.cn, content.publicKeySHA256 == r.publicKeySHA256,
                             content.reissueOf == r.reissueOf
                         else {
@@ -226,17 +247,13 @@ public final class SQLiteLedger: Ledger {
                                 stationID: content.stationID, operatorName: content.operatorName, at: content.createdAt)
                         )
                         head = (seq, record.hash)
-                        out.append(record)
+                        out.append(.success(record))
                     }
                     return .commit
                 }
                 if let (r, error) = refusal {
                     try db.inTransaction(.immediate) {
-                        try Self.insertEvent(
-                            db,
-                            EventContent(
-                                kind: .refused, recordSeq: nil, cn: r.cn, detail: error.reason, stationID: stationID,
-                                operatorName: r.operatorName, at: Date()))
+                        try Self.insertEvent(db, Self.refusedEvent(r, error, stationID: stationID))
                         return .commit
                     }
                 }
@@ -244,6 +261,12 @@ public final class SQLiteLedger: Ledger {
         }
         if let refusal { throw refusal.error }
         return out
+    }
+
+    private static func refusedEvent(_ r: Reservation, _ error: KeylineError, stationID: String) -> EventContent {
+        EventContent(
+            kind: .refused, recordSeq: nil, cn: r.cn, detail: error.reason, stationID: stationID,
+            operatorName: r.operatorName, at: Date())
     }
 
     @discardableResult

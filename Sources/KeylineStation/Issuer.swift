@@ -25,8 +25,8 @@ public struct Issuer: Sendable {
     /// The clock and the serial source, injectable for tests.
     public var now: @Sendable () -> Date = { Date() }
     public var randomBytes: @Sendable (Int) -> [UInt8] = { n in
-        var rng = SystemRandomNumberGenerator()
-        return (0..<n).map { _ in UInt8.random(in: .min ... .max, using: &rng) }
+        // BoringSSL's CSPRNG: one draw, where UInt8.random made one getrandom(2) call per byte.
+        SymmetricKey(size: SymmetricKeySize(bitCount: n * 8)).withUnsafeBytes { Array($0) }
     }
 
     public init(station: Station, profile: Profile, loaded: LoadedCA, operatorName: String) throws {
@@ -66,6 +66,101 @@ public struct Issuer: Sendable {
         return try await issue(
             cn: accepted.cn, publicKey: accepted.publicKey, origin: .device, hardwareID: hardwareID,
             workOrder: workOrder, reissue: reissue)
+    }
+
+    /// Signs many CSRs, each judged on its own, with one ledger commit for all that pass (group commit). Parsing
+    /// and proof of possession run on every core; a refused CSR leaves its `refused` event and a failure in its
+    /// slot, and every certificate returned is already durable. One result per CSR, in order. An error that is not
+    /// a refusal (the ledger) is thrown, and then nothing of the group was committed.
+    public func signEach(
+        _ csrs: [[UInt8]], workOrder: String? = nil, reissue: Bool = false
+    ) async throws -> [Result<IssuedCertificate, KeylineError>] {
+        enum Judged: Sendable {
+            case accepted(cn: String, publicKey: Certificate.PublicKey)
+            case refused(KeylineError, cn: String?)
+        }
+        let judged: [Judged] = try Parallel.map(csrs.count) { i in
+            let csr: CSRInput
+            do {
+                csr = try CSRInput(bytes: csrs[i])
+            } catch let error as KeylineError {
+                return .refused(error, cn: nil)
+            }
+            switch policy.evaluate(csr) {
+            case .success(let value): return .accepted(cn: value.cn, publicKey: value.publicKey)
+            case .failure(let error): return .refused(error, cn: csr.claimedCN)
+            }
+        }
+        var results = [Result<IssuedCertificate, KeylineError>?](repeating: nil, count: csrs.count)
+        var requests: [(index: Int, request: Request)] = []
+        for (i, verdict) in judged.enumerated() {
+            switch verdict {
+            case .accepted(let cn, let key): requests.append((i, Request(cn: cn, publicKey: key)))
+            case .refused(let error, let cn):
+                _ = try? await station.ledger.recordRefusal(
+                    cn: cn, reason: error.reason, operatorName: operatorName, at: now())
+                results[i] = .failure(error)
+            }
+        }
+        if !requests.isEmpty {
+            let issued = try await issueEach(requests.map(\.request), workOrder: workOrder, reissue: reissue)
+            for (slot, result) in zip(requests, issued) { results[slot.index] = result }
+        }
+        return results.map { $0! }
+    }
+
+    /// Reserve → sign → commit many certificates in one transaction, each judged on its own: refused ones come
+    /// back as failures (their events committed with the rest), the others as durable certificates.
+    public func issueEach(
+        _ requests: [Request], origin: KeyOrigin = .device, workOrder: String? = nil, reissue: Bool = false
+    ) async throws -> [Result<IssuedCertificate, KeylineError>] {
+        let at = now()
+        let validity: (notBefore: Date, notAfter: Date)
+        switch CertificateFactory.leafValidity(
+            now: at, validityDays: profile.validityDays, minValidityDays: profile.minValidityDays,
+            ca: loaded.ca.certificate)
+        {
+        case .success(let v): validity = v
+        case .failure(let error):
+            for r in requests {
+                _ = try? await station.ledger.recordRefusal(
+                    cn: r.cn, reason: error.reason, operatorName: operatorName, at: at)
+            }
+            return requests.map { _ in .failure(error) }
+        }
+        let reservations = requests.map {
+            Reservation(
+                cn: $0.cn, publicKeySHA256: CertificateFactory.publicKeyFingerprint($0.publicKey),
+                operatorName: operatorName, reissue: reissue)
+        }
+        // The ledger hands `signAll` the accepted reservations only, in order; (CN, key) finds each one's request.
+        let requestFor = Dictionary(
+            reservations.enumerated().map { ("\($1.cn)\u{0}\($1.publicKeySHA256)", $0) }, uniquingKeysWith: min)
+        var built: [Certificate] = []
+        let records = try await station.ledger.issueEach(reservations) { reserved in
+            let signed = try Parallel.map(reserved.count) { k in
+                guard let i = requestFor["\(reserved[k].cn)\u{0}\(reserved[k].publicKeySHA256)"] else {
+                    throw KeylineError(.internalError, "the ledger reserved a request that was not made")
+                }
+                return try makeContent(
+                    reserved[k], publicKey: requests[i].publicKey, origin: origin, hardwareID: requests[i].hardwareID,
+                    workOrder: workOrder, at: at, validity: validity)
+            }
+            built = signed.map(\.1)
+            return signed.map(\.0)
+        }
+        var certificates = built.makeIterator()
+        return try records.map { result in
+            switch result {
+            case .failure(let error): return .failure(error)
+            case .success(let record):
+                guard let cert = certificates.next() else {
+                    throw KeylineError(.internalError, "the ledger committed more records than were signed")
+                }
+                return .success(
+                    IssuedCertificate(record: record, certificate: cert, pem: try cert.serializeAsPEM().pemString))
+            }
+        }
     }
 
     /// Checks a station-chosen CN against the profile; refusals are recorded and thrown.

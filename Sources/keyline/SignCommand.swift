@@ -18,7 +18,10 @@ struct SignCommand: AsyncParsableCommand {
             cn / cn-pattern (exactly one CN, 1-64 characters, matching cn_pattern), unique-cn, unique-public-key, \
             validity (the CA must cover min_validity_days). Malformed input exits 65.
 
-            With several CSRs, each is handled on its own; the exit status is that of the first failure.
+            With several CSRs, each is handled on its own; the exit status is that of the first failure. They are \
+            signed in groups of --commit-group (default 64) with one ledger commit per group: the CSRs of a group are \
+            checked and signed on every core, the group's records (and the refusals' events) are committed in one \
+            transaction, and only then are its certificates written. --commit-group 1 commits each on its own.
 
             Examples:
               keyline sign device.csr --out device.pem
@@ -50,9 +53,15 @@ struct SignCommand: AsyncParsableCommand {
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "Write each signed CSR's time (read to written, microseconds) to FILE, one per line; for benchmarks.",
+            "For benchmarks: write a line per signed CSR to FILE: microseconds from reading it to its certificate written, and when it was read (microseconds after the first CSR was read).",
             valueName: "FILE"))
     var timings: String?
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "With several CSRs, commit up to N certificates per ledger transaction (1-1000; 1 commits each on its own).",
+            valueName: "N"))
+    var commitGroup: Int = 64
     @Option(name: .long, help: "Device hardware id recorded with the certificate (one CSR only).") var hardwareId:
         String?
     @Flag(
@@ -67,6 +76,7 @@ struct SignCommand: AsyncParsableCommand {
         if out != nil && csrs.count > 1 { throw ValidationError("--out takes one CSR; use --out-dir for several") }
         if hardwareId != nil && csrs.count > 1 { throw ValidationError("--hardware-id takes one CSR") }
         if csrs.filter({ $0 == "-" }).count > 1 { throw ValidationError("'-' (standard input) may be given once") }
+        if !(1...1000).contains(commitGroup) { throw ValidationError("--commit-group must be 1-1000") }
     }
 
     func run() async throws {
@@ -79,56 +89,109 @@ struct SignCommand: AsyncParsableCommand {
             var firstFailure: KeylineError?
             var signed = 0
             let clock = ContinuousClock()
-            var durations: [Duration] = []
-            for path in csrs {
-                let started = clock.now
-                do {
-                    let bytes = try readInput(path)
-                    let issued = try await issuer.sign(
-                        csrBytes: bytes, hardwareID: hardwareId, workOrder: workOrder, reissue: reissue)
-                    let pem = issued.pem + "\n" + chainPEM
-                    // The record is durable now; only from here may the certificate leave the station. The file is
-                    // replaced atomically but not fsync'd: the ledger holds the certificate, so a file lost to a
-                    // power cut is re-exported with 'ledger show CN --pem', and one fsync per device is enough.
+            let began = clock.now
+            var timed: [(latency: Duration, readAt: Duration)] = []
+            func report(_ error: KeylineError, _ path: String) {
+                Console.error(
+                    KeylineError(error.code, "\(error.reason) (\(path))", rule: error.rule), verbose: options.verbose)
+                if firstFailure == nil { firstFailure = error }
+            }
+            // The records are durable now; only from here may a certificate leave the station. A file is replaced
+            // atomically but not fsync'd: the ledger holds the certificate, so a file lost to a power cut is
+            // re-exported with 'ledger show CN --pem', and the commit is the one fsync.
+            func deliver(_ issued: IssuedCertificate) throws {
+                try Self.write(issued, out: out, outDir: outDir, chainPEM: chainPEM)
+                signed += 1
+                Console.note(
+                    "signed \(issued.record.content.cn) serial \(issued.record.content.serialHex) (ledger seq \(issued.record.seq))"
+                )
+            }
+            if csrs.count == 1 || commitGroup == 1 {
+                for path in csrs {
+                    let started = clock.now
                     do {
-                        if let out {
-                            try SafeFile.write(pem, to: out, durable: false)
-                        } else if let outDir {
-                            try SafeFile.write(
-                                pem, to: (outDir as NSString).appendingPathComponent("\(issued.record.content.cn).pem"),
-                                durable: false)
-                        } else {
-                            Console.out(pem)
-                        }
+                        let issued = try await issuer.sign(
+                            csrBytes: try readInput(path), hardwareID: hardwareId, workOrder: workOrder,
+                            reissue: reissue)
+                        try deliver(issued)
+                        timed.append((clock.now - started, started - began))
                     } catch let error as KeylineError {
-                        throw KeylineError(
-                            error.code,
-                            "\(error.reason) — the certificate for '\(issued.record.content.cn)' IS in the ledger (seq \(issued.record.seq)); re-export it with 'keyline ledger show \(issued.record.content.cn) --pem'"
-                        )
+                        report(error, path)
                     }
-                    signed += 1
-                    durations.append(clock.now - started)
-                    Console.note(
-                        "signed \(issued.record.content.cn) serial \(issued.record.content.serialHex) (ledger seq \(issued.record.seq))"
-                    )
-                } catch let error as KeylineError {
-                    Console.error(
-                        KeylineError(error.code, "\(error.reason) (\(path))", rule: error.rule),
-                        verbose: options.verbose
-                    )
-                    if firstFailure == nil { firstFailure = error }
+                }
+            } else {
+                for start in stride(from: 0, to: csrs.count, by: commitGroup) {
+                    let group = Array(csrs[start..<min(start + commitGroup, csrs.count)])
+                    var paths: [String] = []
+                    var inputs: [[UInt8]] = []
+                    var readAt: [ContinuousClock.Instant] = []
+                    for path in group {
+                        let started = clock.now
+                        do {
+                            inputs.append(try readInput(path))
+                            paths.append(path)
+                            readAt.append(started)
+                        } catch let error as KeylineError {
+                            report(error, path)
+                        }
+                    }
+                    let results: [Result<IssuedCertificate, KeylineError>]
+                    do {
+                        results = try await issuer.signEach(inputs, workOrder: workOrder, reissue: reissue)
+                    } catch let error as KeylineError {
+                        // Nothing of this group was committed: every CSR in it failed the same way.
+                        for path in paths { report(error, path) }
+                        continue
+                    }
+                    // Written one after another: creating the files on two cores at once was no faster here
+                    // (2,700-3,200/s against 2,900/s for 2,000 CSRs) and, soon after many deletions, spent 8-13
+                    // times the system time in ext4's inode allocation.
+                    for (k, result) in results.enumerated() {
+                        do {
+                            try deliver(try result.get())
+                            timed.append((clock.now - readAt[k], readAt[k] - began))
+                        } catch let error as KeylineError {
+                            report(error, paths[k])
+                        }
+                    }
                 }
             }
             if csrs.count > 1 { Console.note("\(signed) signed, \(csrs.count - signed) refused") }
             if let timings {
-                // One line per signed CSR: microseconds from reading it to its certificate written.
+                // One line per signed CSR: microseconds from reading it to its certificate written, and when it
+                // was read (microseconds after the first CSR was read).
+                func micros(_ d: Duration) -> Int64 {
+                    d.components.seconds * 1_000_000 + d.components.attoseconds / 1_000_000_000_000
+                }
+                let first = timed.map(\.readAt).min() ?? .zero
                 try SafeFile.write(
-                    durations.map {
-                        String($0.components.seconds * 1_000_000 + $0.components.attoseconds / 1_000_000_000_000)
-                    }
-                    .joined(separator: "\n") + "\n", to: timings)
+                    timed.map { "\(micros($0.latency)) \(micros($0.readAt - first))" }.joined(separator: "\n")
+                        + "\n", to: timings)
             }
             if let firstFailure { throw ExitCode(firstFailure.exitStatus) }
+        }
+    }
+}
+
+extension SignCommand {
+    /// Writes one committed certificate where the options say; a failure says the certificate is in the ledger.
+    static func write(_ issued: IssuedCertificate, out: String?, outDir: String?, chainPEM: String) throws {
+        let pem = issued.pem + "\n" + chainPEM
+        do {
+            if let out {
+                try SafeFile.write(pem, to: out, durable: false)
+            } else if let outDir {
+                try SafeFile.write(
+                    pem, to: (outDir as NSString).appendingPathComponent("\(issued.record.content.cn).pem"),
+                    durable: false)
+            } else {
+                Console.out(pem)
+            }
+        } catch let error as KeylineError {
+            throw KeylineError(
+                error.code,
+                "\(error.reason) — the certificate for '\(issued.record.content.cn)' IS in the ledger (seq \(issued.record.seq)); re-export it with 'keyline ledger show \(issued.record.content.cn) --pem'"
+            )
         }
     }
 }

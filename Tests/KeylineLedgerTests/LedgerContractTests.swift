@@ -165,6 +165,56 @@ struct LedgerContractTests {
         #expect(try await ledger.count() == 0)
     }
 
+    @Test(
+        "a group commit judges each request on its own: refused ones leave their event, the rest commit together",
+        arguments: Backend.allCases)
+    func issueEach(_ backend: Backend) async throws {
+        let ledger = try await backend.make()
+        try await issue(ledger, "dev-2")
+        let before = try await ledger.heads().eventsSeq
+        var signedGroups: [[String]] = []
+        let results = try await ledger.issueEach([
+            reservation("dev-1"),
+            reservation("dev-2", key: "fresh"),  // CN already issued
+            reservation("dev-3"),
+            reservation("dev-3", key: "again"),  // CN twice in the group
+            reservation("dev-4", key: "key:dev-1"),  // dev-1's key
+            reservation("dev-5"),
+        ]) { r in
+            signedGroups.append(r.map(\.cn))
+            return r.map { content($0) }
+        }
+        #expect(results.map { (try? $0.get())?.content.cn } == ["dev-1", nil, "dev-3", nil, nil, "dev-5"])
+        #expect(results.compactMap { try? $0.get().seq } == [2, 3, 4])
+        let rules = results.map { result -> String? in
+            if case .failure(let e) = result { return e.rule }
+            return nil
+        }
+        #expect(rules == [nil, "unique-cn", nil, "unique-cn", "unique-public-key", nil])
+        // Only what was accepted is signed (SQLite once for the group; a backend without a shared commit, once each).
+        #expect(signedGroups.flatMap { $0 } == ["dev-1", "dev-3", "dev-5"])
+        let events = try await ledger.events(recordSeq: nil, limit: nil).filter { $0.seq > before }
+        #expect(events.map(\.content.kind) == [.issued, .refused, .issued, .refused, .refused, .issued])
+        #expect(events.filter { $0.content.kind == .refused }.map(\.content.cn) == ["dev-2", "dev-3", "dev-4"])
+        #expect(try await ledger.count() == 4)
+        #expect(try await ledger.verify().isIntact)
+    }
+
+    @Test("a group commit whose signing fails commits nothing, not even its refusals", arguments: Backend.allCases)
+    func issueEachFailure(_ backend: Backend) async throws {
+        let ledger = try await backend.make()
+        try await issue(ledger, "dev-2")
+        let heads = try await ledger.heads()
+        struct Boom: Error {}
+        await #expect(throws: Boom.self) {
+            _ = try await ledger.issueEach([reservation("dev-1"), reservation("dev-2", key: "x")]) { _ in
+                throw Boom()
+            }
+        }
+        #expect(try await ledger.heads() == heads, "a failed group must leave the ledger as it was")
+        #expect(try await ledger.record(cn: "dev-1") == nil)
+    }
+
     @Test("state changes are events, and verify checks they agree", arguments: Backend.allCases)
     func transitions(_ backend: Backend) async throws {
         let ledger = try await backend.make()

@@ -93,6 +93,46 @@ struct IssuerTests {
         #expect(last?.content.kind == .refused)
     }
 
+    @Test("signEach signs a group with one commit, each CSR judged on its own, results in order")
+    func signEach() async throws {
+        let (station, _) = try await newStation()
+        let i = try issuer(station)
+        _ = try await i.sign(csrBytes: try csrDER(cn: "taken"))
+        let reused = Certificate.PrivateKey(P256.Signing.PrivateKey())
+        let inputs: [[UInt8]] = [
+            try csrDER(cn: "grp-1", key: reused),
+            Array("not a csr".utf8),
+            try csrDER(cn: "has space"),
+            try csrDER(cn: "taken"),
+            try csrDER(cn: "grp-2"),
+            try csrDER(cn: "grp-3", key: reused),
+        ]
+        let results = try await i.signEach(inputs)
+        #expect(results.count == inputs.count)
+        let codes = results.map { result -> String in
+            switch result {
+            case .success(let issued): return issued.record.content.cn
+            case .failure(let e): return e.rule ?? "\(e.code)"
+            }
+        }
+        #expect(codes == ["grp-1", "dataError", "cn", "unique-cn", "grp-2", "unique-public-key"])
+        // Every certificate returned is the one the ledger holds, signed by the CA, with the CSR's key.
+        for case .success(let issued) in results {
+            #expect(try await station.ledger.record(cn: issued.record.content.cn) == issued.record)
+            #expect(
+                issued.record.content.certificateFingerprint
+                    == Hex.sha256(try CertificateFactory.der(issued.certificate)))
+            #expect(
+                i.loaded.ca.certificate.publicKey.isValidSignature(
+                    issued.certificate.signature, for: issued.certificate))
+        }
+        #expect(try results[0].get().certificate.publicKey == reused.publicKey)
+        #expect(try await station.ledger.count() == 3)
+        let kinds = try await station.ledger.events(recordSeq: nil, limit: nil).map(\.content.kind)
+        #expect(kinds.filter { $0 == .refused }.count == 4, "each refused CSR leaves one event")
+        #expect(try await station.ledger.verify().isIntact)
+    }
+
     @Test("garbage input is refused as bad data with an audit event")
     func garbage() async throws {
         let (station, _) = try await newStation()
