@@ -5,13 +5,13 @@ import Foundation
 public enum Hex {
     /// Upper-case hex of `bytes`, as the backend shows fingerprints.
     public static func upper<B: Sequence>(_ bytes: B) -> String where B.Element == UInt8 {
-        var s = ""
-        s.reserveCapacity(64)
+        var out: [UInt8] = []
+        out.reserveCapacity(64)
         for b in bytes {
-            s.append(digits[Int(b >> 4)])
-            s.append(digits[Int(b & 0xF)])
+            out.append(hexDigits[Int(b >> 4)])
+            out.append(hexDigits[Int(b & 0xF)])
         }
-        return s
+        return String(decoding: out, as: UTF8.self)
     }
 
     /// Lower-case hex of `bytes`.
@@ -56,8 +56,6 @@ public enum Hex {
     }
 
     private static let hexDigits: [UInt8] = Array("0123456789ABCDEF".utf8)
-
-    private static let digits: [Character] = Array("0123456789ABCDEF")
 
     private static func nibble(_ c: UInt8) -> UInt8? {
         switch c {

@@ -136,7 +136,7 @@ public struct Issuer: Sendable {
         // The ledger hands `signAll` the accepted reservations only, in order; (CN, key) finds each one's request.
         let requestFor = Dictionary(
             reservations.enumerated().map { ("\($1.cn)\u{0}\($1.publicKeySHA256)", $0) }, uniquingKeysWith: min)
-        var built: [Certificate] = []
+        var built: [(certificate: Certificate, pem: String)] = []
         let records = try await station.ledger.issueEach(reservations) { reserved in
             let signed = try Parallel.map(reserved.count) { k in
                 guard let i = requestFor["\(reserved[k].cn)\u{0}\(reserved[k].publicKeySHA256)"] else {
@@ -146,8 +146,8 @@ public struct Issuer: Sendable {
                     reserved[k], publicKey: requests[i].publicKey, origin: origin, hardwareID: requests[i].hardwareID,
                     workOrder: workOrder, at: at, validity: validity)
             }
-            built = signed.map(\.1)
-            return signed.map(\.0)
+            built = signed.map { ($0.certificate, $0.pem) }
+            return signed.map(\.content)
         }
         var certificates = built.makeIterator()
         return try records.map { result in
@@ -157,8 +157,7 @@ public struct Issuer: Sendable {
                 guard let cert = certificates.next() else {
                     throw KeylineError(.internalError, "the ledger committed more records than were signed")
                 }
-                return .success(
-                    IssuedCertificate(record: record, certificate: cert, pem: try cert.serializeAsPEM().pemString))
+                return .success(IssuedCertificate(record: record, certificate: cert.certificate, pem: cert.pem))
             }
         }
     }
@@ -214,7 +213,7 @@ public struct Issuer: Sendable {
                 cn: $0.cn, publicKeySHA256: CertificateFactory.publicKeyFingerprint($0.publicKey),
                 operatorName: operatorName, reissue: reissue)
         }
-        var built: [Certificate] = []
+        var built: [(certificate: Certificate, pem: String)] = []
         let records = try await station.ledger.issueBatch(reservations) { reserved in
             // Reserved, in request order: sign them on every core, each with its own serial.
             let signed = try Parallel.map(reserved.count) { i in
@@ -222,11 +221,11 @@ public struct Issuer: Sendable {
                     reserved[i], publicKey: requests[i].publicKey, origin: origin, hardwareID: requests[i].hardwareID,
                     workOrder: workOrder, at: at, validity: validity)
             }
-            built = signed.map(\.1)
-            return signed.map(\.0)
+            built = signed.map { ($0.certificate, $0.pem) }
+            return signed.map(\.content)
         }
-        return try zip(records, built).map { record, cert in
-            IssuedCertificate(record: record, certificate: cert, pem: try cert.serializeAsPEM().pemString)
+        return zip(records, built).map { record, cert in
+            IssuedCertificate(record: record, certificate: cert.certificate, pem: cert.pem)
         }
     }
 
@@ -234,7 +233,7 @@ public struct Issuer: Sendable {
         _ r: Reservation, publicKey: Certificate.PublicKey, origin: KeyOrigin, hardwareID: String?, workOrder: String?,
         at: Date,
         validity: (notBefore: Date, notAfter: Date)
-    ) throws -> (RecordContent, Certificate) {
+    ) throws -> (content: RecordContent, certificate: Certificate, pem: String) {
         let serial = try CertificateFactory.serial(fromRandom: randomBytes(20))
         let cert = try CertificateFactory.leaf(
             cn: r.cn, publicKey: publicKey, profile: profile, ca: loaded.ca, signer: loaded.signer, serial: serial,
@@ -248,7 +247,8 @@ public struct Issuer: Sendable {
             certificateDER: der, createdAt: at, reissueOf: r.reissueOf)
         // The backend attributes are decided now, with the description rendered from this very record.
         content.attributes = DeviceManifestRow.attributes(for: content, profile: profile, template: descriptionTemplate)
-        return (content, cert)
+        // The PEM too, here on the signing cores: from the DER just made, not by serializing the certificate again.
+        return (content, cert, PEM.encode(der, label: "CERTIFICATE"))
     }
 
     /// The PEM of the issuing CA and the certificates above it, nearest first (for `--chain` and `CN.chain.pem`).

@@ -29,7 +29,7 @@ let start = DispatchTime.now().uptimeNanoseconds
 DispatchQueue.concurrentPerform(iterations: threads) { _ in
     var n = 0
     while DispatchTime.now().uptimeNanoseconds < deadline {
-        let device = P256.Signing.PrivateKey()
+        let device = P256.Signing.PrivateKey(compactRepresentable: false)  // as keyline issue and the daemon make them
         var message = tbs
         message.append(device.publicKey.x963Representation)
         _ = try! issuer.signature(for: message)

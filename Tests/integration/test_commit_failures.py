@@ -155,7 +155,7 @@ def test_killed_batch_resumes_without_losing_keys_or_doubling_cns(station, tmp_p
     # Every certificate's key is on disk and matches; no CN was issued twice.
     cns = [row.split(",")[0] for row in rows[1:]]
     assert len(set(cns)) == 600
-    for cn in cns[:: 37] + [cns[-1]]:
+    for cn in cns:  # every one: chunks are written while the next commits, so a kill can split any of them
         from cryptography.hazmat.primitives import serialization
 
         key = serialization.load_pem_private_key((out / f"{cn}.key").read_bytes(), None)
