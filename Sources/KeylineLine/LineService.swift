@@ -233,7 +233,7 @@ public actor LineService {
 
         var keyPEM = ""
         if publicKey == nil {
-            let key = P256.Signing.PrivateKey(compactRepresentable: false)  // a compact-representable key takes ~2× to make
+            let key = DeviceKeys.p256()
             keyPEM = key.pemRepresentation + "\n"
             publicKey = Certificate.PublicKey(key.publicKey)
         }

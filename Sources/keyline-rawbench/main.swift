@@ -5,6 +5,7 @@
 import Crypto
 import Dispatch
 import Foundation
+import KeylineCore
 
 var threads = 1
 var seconds = 3.0
@@ -29,7 +30,7 @@ let start = DispatchTime.now().uptimeNanoseconds
 DispatchQueue.concurrentPerform(iterations: threads) { _ in
     var n = 0
     while DispatchTime.now().uptimeNanoseconds < deadline {
-        let device = P256.Signing.PrivateKey(compactRepresentable: false)  // as keyline issue and the daemon make them
+        let device = DeviceKeys.p256()  // as keyline issue and the daemon make them
         var message = tbs
         message.append(device.publicKey.x963Representation)
         _ = try! issuer.signature(for: message)

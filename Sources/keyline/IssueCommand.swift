@@ -175,11 +175,7 @@ extension IssueCommand {
                 DispatchQueue.global().async {
                     continuation.resume(
                         with: Result {
-                            // Not compact-representable: that only matters for compressed ECDH keys, and asking
-                            // for it makes BoringSSL draw keys again until one fits (a key and a signature: 225 µs, not 123 µs).
-                            try Parallel.map(cns.count) { i in
-                                StagedKey(cn: cns[i], key: P256.Signing.PrivateKey(compactRepresentable: false))
-                            }
+                            try Parallel.map(cns.count) { i in StagedKey(cn: cns[i], key: DeviceKeys.p256()) }
                         })
                 }
             }

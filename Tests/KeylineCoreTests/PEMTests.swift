@@ -27,3 +27,22 @@ struct PEMTests {
         }
     }
 }
+
+@Suite("Device keys")
+struct DeviceKeyTests {
+    @Test("station-made P-256 keys are distinct, their public key is their scalar's, and they sign and verify")
+    func p256() throws {
+        var seen = Set<[UInt8]>()
+        for _ in 0..<200 {
+            let key = DeviceKeys.p256()
+            let raw = Array(key.rawRepresentation)
+            #expect(raw.count == 32)
+            #expect(seen.insert(raw).inserted, "a scalar came twice")
+            // The same scalar through swift-crypto's own import gives the same public key.
+            let again = try P256.Signing.PrivateKey(rawRepresentation: raw)
+            #expect(again.publicKey.x963Representation == key.publicKey.x963Representation)
+            let message = Array("device".utf8)
+            #expect(key.publicKey.isValidSignature(try key.signature(for: message), for: message))
+        }
+    }
+}
