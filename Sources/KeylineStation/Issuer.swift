@@ -136,7 +136,9 @@ public struct Issuer: Sendable {
         // The ledger hands `signAll` the accepted reservations only, in order; (CN, key) finds each one's request.
         let requestFor = Dictionary(
             reservations.enumerated().map { ("\($1.cn)\u{0}\($1.publicKeySHA256)", $0) }, uniquingKeysWith: min)
-        var built: [(certificate: Certificate, pem: String)] = []
+        // Keyed by (CN, key): a backend without a shared commit calls `signAll` once per reservation, and one that
+        // retries a transaction calls it again; the last signing of each is the one committed.
+        var built: [String: (certificate: Certificate, pem: String, der: [UInt8])] = [:]
         let records = try await station.ledger.issueEach(reservations) { reserved in
             let signed = try Parallel.map(reserved.count) { k in
                 guard let i = requestFor["\(reserved[k].cn)\u{0}\(reserved[k].publicKeySHA256)"] else {
@@ -146,16 +148,21 @@ public struct Issuer: Sendable {
                     reserved[k], publicKey: requests[i].publicKey, origin: origin, hardwareID: requests[i].hardwareID,
                     workOrder: workOrder, at: at, validity: validity)
             }
-            built = signed.map { ($0.certificate, $0.pem) }
+            for item in signed {
+                built["\(item.content.cn)\u{0}\(item.content.publicKeySHA256)"] = (
+                    item.certificate, item.pem, item.content.certificateDER
+                )
+            }
             return signed.map(\.content)
         }
-        var certificates = built.makeIterator()
         return try records.map { result in
             switch result {
             case .failure(let error): return .failure(error)
             case .success(let record):
-                guard let cert = certificates.next() else {
-                    throw KeylineError(.internalError, "the ledger committed more records than were signed")
+                guard let cert = built["\(record.content.cn)\u{0}\(record.content.publicKeySHA256)"],
+                    cert.der == record.content.certificateDER
+                else {
+                    throw KeylineError(.internalError, "the ledger committed a record that was not signed here")
                 }
                 return .success(IssuedCertificate(record: record, certificate: cert.certificate, pem: cert.pem))
             }

@@ -93,9 +93,12 @@ struct IssuerTests {
         #expect(last?.content.kind == .refused)
     }
 
-    @Test("signEach signs a group with one commit, each CSR judged on its own, results in order")
-    func signEach() async throws {
-        let (station, _) = try await newStation()
+    @Test(
+        "signEach signs a group, each CSR judged on its own, results in order (SQLite: one commit; memory: one each)",
+        arguments: ["sqlite", "memory"])
+    func signEach(_ backend: String) async throws {
+        var (station, _) = try await newStation()
+        if backend == "memory" { station.ledger = InMemoryLedger(stationID: station.config.stationID) }
         let i = try issuer(station)
         _ = try await i.sign(csrBytes: try csrDER(cn: "taken"))
         let reused = Certificate.PrivateKey(P256.Signing.PrivateKey())
