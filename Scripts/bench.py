@@ -1754,7 +1754,9 @@ class Bench:
                      "at a time, so that part does not spread over cores. The tmpfs rows write the same files to "
                      "/dev/shm (the ledger stays on disk) to show what the rest costs. The wall time includes "
                      "opening the CA key (PBKDF2) and writing index.csv. Keys are made as keyline-rawbench makes "
-                     "them: P-256, not compact-representable.\n")
+                     "them: a P-256 scalar from the CSPRNG and its public point, without the FIPS pairwise test "
+                     "swift-crypto runs on each key it generates. Runs before ed7f53a used swift-crypto's generation "
+                     "on both sides, about five times slower, so their ratios are not comparable with these.\n")
         e = r.get("export")
         if e:
             L.append("### Export\n")

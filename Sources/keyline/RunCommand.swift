@@ -47,6 +47,8 @@ struct RunCommand: AsyncParsableCommand {
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
             let station = try await options.openStation()
+            // A large ledger's index pages into the page cache before the first devices need them.
+            (station.ledger as? SQLiteLedger)?.prefetch()
             var fixtures = station.config.fixtures.values.sorted { $0.name < $1.name }
             if !fixture.isEmpty {
                 for name in fixture where station.config.fixtures[name] == nil {

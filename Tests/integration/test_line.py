@@ -488,3 +488,41 @@ def test_devsim_count_is_a_line_of_devices_on_one_socket(station: Station, short
     assert [(x["hardware_id"], x["result"]) for x in d.devices()] == [
         ("CNT-0001", "pass"), ("CNT-0002", "pass"), ("CNT-0003", "pass")]
     assert [r["state"] for r in records(station)] == ["delivered"] * 3
+
+
+def resident_fraction(path: Path) -> float:
+    """How much of a file the kernel holds in its page cache (util-linux fincore)."""
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "--output", "RES,SIZE", str(path)],
+                         capture_output=True, text=True, check=True, timeout=30).stdout.split()
+    return int(out[0]) / int(out[1])
+
+
+def drop_page_cache():
+    subprocess.run(["sync"], check=True, timeout=120)
+    Path("/proc/sys/vm/drop_caches").write_text("1\n")
+
+
+def test_daemon_reads_the_ledger_into_the_page_cache_at_start(station: Station, short_dir):
+    """After a boot the ledger's index pages are on disk only: `keyline run` asks the kernel to read the ledger in,
+    in the background, before the first devices need it (docs/operations.md, "A large ledger and the page cache")."""
+    if os.geteuid() != 0 or not shutil.which("fincore"):
+        pytest.skip("dropping the page cache needs root (as in CI) and fincore (util-linux)")
+    configure_line(station, {"fx": f'transport = "socket"\naddress = "unix:{short_dir}/none.sock"'})
+    assert_exit(station.run("issue", "--count", "3000", "--cn-template", "PF-{seq:05}", "--out",
+                            station.path.parent / "batch"), EXIT_OK)
+    ledger = station.ledger_path
+    assert ledger.stat().st_size > 4 << 20, "the ledger should span a few megabytes"
+    drop_page_cache()
+    cold = resident_fraction(ledger)
+    assert cold < 0.5, f"dropping the page cache left {cold:.0%} of the ledger resident: the test cannot tell"
+    time.sleep(1)
+    assert resident_fraction(ledger) < 0.5, "something else read the ledger in"
+    daemon = start_daemon(station)
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline and resident_fraction(ledger) < 0.95:
+            time.sleep(0.1)
+        assert resident_fraction(ledger) >= 0.95, f"only {resident_fraction(ledger):.0%} of the ledger was read in"
+    finally:
+        rc, _, err = daemon.stop()
+    assert rc == 0, err
