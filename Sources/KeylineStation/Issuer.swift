@@ -116,10 +116,7 @@ public struct Issuer: Sendable {
     ) async throws -> [Result<IssuedCertificate, KeylineError>] {
         let at = now()
         let validity: (notBefore: Date, notAfter: Date)
-        switch CertificateFactory.leafValidity(
-            now: at, validityDays: profile.validityDays, minValidityDays: profile.minValidityDays,
-            ca: loaded.ca.certificate)
-        {
+        switch leafValidity(at: at) {
         case .success(let v): validity = v
         case .failure(let error):
             for r in requests {
@@ -128,11 +125,7 @@ public struct Issuer: Sendable {
             }
             return requests.map { _ in .failure(error) }
         }
-        let reservations = requests.map {
-            Reservation(
-                cn: $0.cn, publicKeySHA256: CertificateFactory.publicKeyFingerprint($0.publicKey),
-                operatorName: operatorName, reissue: reissue)
-        }
+        let reservations = reservations(for: requests, reissue: reissue)
         // The ledger hands `signAll` the accepted reservations only, in order; (CN, key) finds each one's request.
         let requestFor = Dictionary(
             reservations.enumerated().map { ("\($1.cn)\u{0}\($1.publicKeySHA256)", $0) }, uniquingKeysWith: min)
@@ -208,18 +201,11 @@ public struct Issuer: Sendable {
     {
         let at = now()
         let validity: (notBefore: Date, notAfter: Date)
-        switch CertificateFactory.leafValidity(
-            now: at, validityDays: profile.validityDays, minValidityDays: profile.minValidityDays,
-            ca: loaded.ca.certificate)
-        {
+        switch leafValidity(at: at) {
         case .success(let v): validity = v
         case .failure(let error): try await refuse(error, cn: requests.first?.cn)
         }
-        let reservations = requests.map {
-            Reservation(
-                cn: $0.cn, publicKeySHA256: CertificateFactory.publicKeyFingerprint($0.publicKey),
-                operatorName: operatorName, reissue: reissue)
-        }
+        let reservations = reservations(for: requests, reissue: reissue)
         var built: [(certificate: Certificate, pem: String)] = []
         let records = try await station.ledger.issueBatch(reservations) { reserved in
             // Reserved, in request order: sign them on every core, each with its own serial.
@@ -233,6 +219,22 @@ public struct Issuer: Sendable {
         }
         return zip(records, built).map { record, cert in
             IssuedCertificate(record: record, certificate: cert.certificate, pem: cert.pem)
+        }
+    }
+
+    /// The validity of a certificate issued at `at` under this profile and CA, or why there is none.
+    private func leafValidity(at: Date) -> Result<(notBefore: Date, notAfter: Date), KeylineError> {
+        CertificateFactory.leafValidity(
+            now: at, validityDays: profile.validityDays, minValidityDays: profile.minValidityDays,
+            ca: loaded.ca.certificate)
+    }
+
+    /// What the ledger must check before any of `requests` is signed.
+    private func reservations(for requests: [Request], reissue: Bool) -> [Reservation] {
+        requests.map {
+            Reservation(
+                cn: $0.cn, publicKeySHA256: CertificateFactory.publicKeyFingerprint($0.publicKey),
+                operatorName: operatorName, reissue: reissue)
         }
     }
 
