@@ -73,31 +73,20 @@ public final class InMemoryLedger: Ledger {
             var work = s
             var out: [LedgerRecord] = []
             for (r, content) in zip(reservations, contents) {
-                guard content.cn == r.cn, content.publicKeySHA256 == r.publicKeySHA256,
-                    content.reissueOf == r.reissueOf
-                else {
-                    throw KeylineError(.internalError, "signed content does not match its reservation")
-                }
+                let record = try LedgerRecord.issued(
+                    content, for: r,
+                    after: (Int64(work.records.count), work.records.last?.hash ?? LedgerRecord.genesisHash))
                 if work.bySerial.contains(content.serialHex)
                     || work.byFingerprint.contains(content.certificateFingerprint)
                 {
                     throw KeylineError(.internalError, "serial or fingerprint collision for CN '\(r.cn)'")
                 }
-                let seq = Int64(work.records.count + 1)
-                let prev = work.records.last?.hash ?? LedgerRecord.genesisHash
-                let record = LedgerRecord(
-                    seq: seq, content: content, state: .issued, updatedAt: content.createdAt, prevHash: prev,
-                    hash: ChainHash.record(seq: seq, prevHash: prev, content: content))
                 work.records.append(record)
-                work.byCN[r.cn] = Int(seq - 1)
+                work.byCN[r.cn] = Int(record.seq - 1)
                 work.byKey.insert(r.publicKeySHA256)
                 work.bySerial.insert(content.serialHex)
                 work.byFingerprint.insert(content.certificateFingerprint)
-                _ = Self.appendEvent(
-                    &work,
-                    EventContent(
-                        kind: .issued, recordSeq: seq, cn: r.cn, detail: LedgerRecord.issuedDetail(content),
-                        stationID: content.stationID, operatorName: content.operatorName, at: content.createdAt))
+                _ = Self.appendEvent(&work, record.issuedEvent)
                 out.append(record)
             }
             s = work

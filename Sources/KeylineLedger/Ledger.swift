@@ -55,6 +55,37 @@ extension Reservation {
     }
 }
 
+extension LedgerRecord {
+    /// The record a ledger appends after `head` for content signed for reservation `r`; refuses (internal error)
+    /// content that does not match its reservation.
+    public static func issued(
+        _ content: RecordContent, for r: Reservation, after head: (seq: Int64, hash: String)
+    ) throws -> LedgerRecord {
+        guard content.cn == r.cn, content.publicKeySHA256 == r.publicKeySHA256, content.reissueOf == r.reissueOf
+        else { throw KeylineError(.internalError, "signed content does not match its reservation") }
+        let seq = head.seq + 1
+        return LedgerRecord(
+            seq: seq, content: content, state: .issued, updatedAt: content.createdAt, prevHash: head.hash,
+            hash: ChainHash.record(seq: seq, prevHash: head.hash, content: content))
+    }
+
+    /// The `issued` event that goes with a new record.
+    public var issuedEvent: EventContent {
+        EventContent(
+            kind: .issued, recordSeq: seq, cn: content.cn, detail: LedgerRecord.issuedDetail(content),
+            stationID: content.stationID, operatorName: content.operatorName, at: content.createdAt)
+    }
+}
+
+extension Reservation {
+    /// The `refused` event a refused reservation leaves.
+    public func refusedEvent(_ error: KeylineError, stationID: String) -> EventContent {
+        EventContent(
+            kind: .refused, recordSeq: nil, cn: cn, detail: error.reason, stationID: stationID,
+            operatorName: operatorName, at: Date())
+    }
+}
+
 /// The CNs and public keys seen so far in one batch: a batch may not name either twice.
 public struct BatchUniqueness {
     private var cns: Set<String> = []
@@ -272,6 +303,13 @@ public protocol Ledger: Sendable {
 extension Ledger {
     /// One transaction per reservation: correct for every backend, without the shared commit.
     public func issueEach(
+        _ reservations: [Reservation], signAll: ([Reservation]) throws -> [RecordContent]
+    ) async throws -> [Result<LedgerRecord, KeylineError>] {
+        try await issueEachSeparately(reservations, signAll: signAll)
+    }
+
+    /// ``issueEach(_:signAll:)`` with one transaction per reservation.
+    public func issueEachSeparately(
         _ reservations: [Reservation], signAll: ([Reservation]) throws -> [RecordContent]
     ) async throws -> [Result<LedgerRecord, KeylineError>] {
         var results: [Result<LedgerRecord, KeylineError>] = []

@@ -248,36 +248,21 @@ public final class SQLiteLedger: Ledger {
                     var next = contents.makeIterator()
                     for (i, r) in reservations.enumerated() {
                         if let error = refused[i] {
-                            try Self.insertEvent(db, Self.refusedEvent(r, error, stationID: stationID))
+                            try Self.insertEvent(db, r.refusedEvent(error, stationID: stationID))
                             out.append(.failure(error))
                             continue
                         }
-                        let content = next.next()!
-                        guard content.cn == r.cn, content.publicKeySHA256 == r.publicKeySHA256,
-                            content.reissueOf == r.reissueOf
-                        else {
-                            throw KeylineError(.internalError, "signed content does not match its reservation")
-                        }
-                        let seq = head.seq + 1
-                        let record = LedgerRecord(
-                            seq: seq, content: content, state: .issued, updatedAt: content.createdAt,
-                            prevHash: head.hash,
-                            hash: ChainHash.record(seq: seq, prevHash: head.hash, content: content))
+                        let record = try LedgerRecord.issued(next.next()!, for: r, after: head)
                         try Self.insert(db, record)
-                        try Self.insertEvent(
-                            db,
-                            EventContent(
-                                kind: .issued, recordSeq: seq, cn: r.cn, detail: LedgerRecord.issuedDetail(content),
-                                stationID: content.stationID, operatorName: content.operatorName, at: content.createdAt)
-                        )
-                        head = (seq, record.hash)
+                        try Self.insertEvent(db, record.issuedEvent)
+                        head = (record.seq, record.hash)
                         out.append(.success(record))
                     }
                     return .commit
                 }
                 if let (r, error) = refusal {
                     try db.inTransaction(.immediate) {
-                        try Self.insertEvent(db, Self.refusedEvent(r, error, stationID: stationID))
+                        try Self.insertEvent(db, r.refusedEvent(error, stationID: stationID))
                         return .commit
                     }
                 }
@@ -285,12 +270,6 @@ public final class SQLiteLedger: Ledger {
         }
         if let refusal { throw refusal.error }
         return out
-    }
-
-    private static func refusedEvent(_ r: Reservation, _ error: KeylineError, stationID: String) -> EventContent {
-        EventContent(
-            kind: .refused, recordSeq: nil, cn: r.cn, detail: error.reason, stationID: stationID,
-            operatorName: r.operatorName, at: Date())
     }
 
     @discardableResult
