@@ -91,10 +91,17 @@ struct SignCommand: AsyncParsableCommand {
             let clock = ContinuousClock()
             let began = clock.now
             var timed: [(latency: Duration, readAt: Duration)] = []
-            func report(_ error: KeylineError, _ path: String) {
+            // The exit status is that of the first failure in command-line order (a group reports its unreadable
+            // files before the others).
+            var firstFailureIndex = Int.max
+            func report(_ error: KeylineError, _ index: Int) {
                 Console.error(
-                    KeylineError(error.code, "\(error.reason) (\(path))", rule: error.rule), verbose: options.verbose)
-                if firstFailure == nil { firstFailure = error }
+                    KeylineError(error.code, "\(error.reason) (\(csrs[index]))", rule: error.rule),
+                    verbose: options.verbose)
+                if index < firstFailureIndex {
+                    firstFailure = error
+                    firstFailureIndex = index
+                }
             }
             // The records are durable now; only from here may a certificate leave the station. A file is replaced
             // atomically but not fsync'd: the ledger holds the certificate, so a file lost to a power cut is
@@ -107,7 +114,7 @@ struct SignCommand: AsyncParsableCommand {
                 )
             }
             if csrs.count == 1 || commitGroup == 1 {
-                for path in csrs {
+                for (index, path) in csrs.enumerated() {
                     let started = clock.now
                     do {
                         let issued = try await issuer.sign(
@@ -116,23 +123,22 @@ struct SignCommand: AsyncParsableCommand {
                         try deliver(issued)
                         timed.append((clock.now - started, started - began))
                     } catch let error as KeylineError {
-                        report(error, path)
+                        report(error, index)
                     }
                 }
             } else {
                 for start in stride(from: 0, to: csrs.count, by: commitGroup) {
-                    let group = Array(csrs[start..<min(start + commitGroup, csrs.count)])
-                    var paths: [String] = []
+                    var indices: [Int] = []
                     var inputs: [[UInt8]] = []
                     var readAt: [ContinuousClock.Instant] = []
-                    for path in group {
+                    for index in start..<min(start + commitGroup, csrs.count) {
                         let started = clock.now
                         do {
-                            inputs.append(try readInput(path))
-                            paths.append(path)
+                            inputs.append(try readInput(csrs[index]))
+                            indices.append(index)
                             readAt.append(started)
                         } catch let error as KeylineError {
-                            report(error, path)
+                            report(error, index)
                         }
                     }
                     let results: [Result<IssuedCertificate, KeylineError>]
@@ -140,7 +146,7 @@ struct SignCommand: AsyncParsableCommand {
                         results = try await issuer.signEach(inputs, workOrder: workOrder, reissue: reissue)
                     } catch let error as KeylineError {
                         // Nothing of this group was committed: every CSR in it failed the same way.
-                        for path in paths { report(error, path) }
+                        for index in indices { report(error, index) }
                         continue
                     }
                     // Written one after another: creating the files on two cores at once was no faster here
@@ -151,7 +157,7 @@ struct SignCommand: AsyncParsableCommand {
                             try deliver(try result.get())
                             timed.append((clock.now - readAt[k], readAt[k] - began))
                         } catch let error as KeylineError {
-                            report(error, paths[k])
+                            report(error, indices[k])
                         }
                     }
                 }

@@ -15,6 +15,7 @@ import pytest
 from conftest import (
     EXIT_DATA,
     EXIT_OK,
+    EXIT_POLICY,
     EXIT_USAGE,
     Station,
     assert_exit,
@@ -134,3 +135,20 @@ def test_sign_timings_have_latency_and_read_time(station: Station, tmp_path):
     assert all(latency > 0 for latency, _ in rows)
     # Groups of 2: the CSRs of a group were read before any of them was written.
     assert rows[0][1] <= rows[1][1] < rows[0][1] + rows[0][0]
+
+
+@pytest.mark.parametrize("group", [None, "1"])
+def test_sign_exit_status_is_the_first_failure_in_command_line_order(station: Station, tmp_path, group):
+    """A group reads its files before it signs, so an unreadable file is reported before a refusal that comes
+    earlier on the command line; the exit status still follows the command line."""
+    extra = () if group is None else ("--commit-group", group)
+    spaced = crypto_csr(tmp_path / "spaced.csr", [cn_attr("ORDER 1")])  # refused by policy: 3
+    good, _ = openssl_csr(tmp_path / "csr", "ORDER-2")
+    missing = tmp_path / "missing.csr"  # does not exist: 65
+    r = station.sign(spaced, good, missing, out_dir=tmp_path / "out", extra=extra)
+    assert_exit(r, EXIT_POLICY)
+    assert "1 signed, 2 refused" in r.err
+    again, _ = openssl_csr(tmp_path / "csr2", "ORDER-3")
+    r = station.sign(missing, again, spaced, out_dir=tmp_path / "out", extra=extra)
+    assert_exit(r, EXIT_DATA)
+    assert {p.stem for p in (tmp_path / "out").iterdir()} == {"ORDER-2", "ORDER-3"}
