@@ -16,6 +16,16 @@ public enum Parallel {
         return try results.map { try $0!.get() }
     }
 
+    /// Starts blocking work (CPU, files) on a dispatch thread, off Swift's cooperative pool, and returns at once;
+    /// await the task's value for its result.
+    public static func start<T: Sendable>(_ body: @escaping @Sendable () throws -> T) -> Task<T, Error> {
+        Task {
+            try await withCheckedThrowingContinuation { continuation in
+                DispatchQueue.global().async { continuation.resume(with: Result { try body() }) }
+            }
+        }
+    }
+
     private struct Slots<T>: @unchecked Sendable {
         let base: UnsafeMutableBufferPointer<Result<T, Error>?>
     }

@@ -128,8 +128,7 @@ struct IssueCommand: AsyncParsableCommand {
             let slices = stride(from: 0, to: todo.count, by: chunk).map {
                 Array(todo[$0..<min($0 + chunk, todo.count)])
             }
-            // Key generation is half the work: spread over every core, and the next chunk's keys are made while
-            // this chunk is staged, committed and written (file creation runs on one core).
+            // The next chunk's keys are made (on every core) while this chunk is staged, committed and written.
             var nextKeys = slices.first.map(Self.makeKeys)
             // A committed chunk's files are written on another thread while the next chunk is staged, signed and
             // committed; at most one chunk is being written at a time.
@@ -168,34 +167,14 @@ struct IssueCommand: AsyncParsableCommand {
 }
 
 extension IssueCommand {
-    /// Makes one P-256 key per CN on every core, off the cooperative thread pool (it blocks while it works).
+    /// Makes one P-256 key per CN on every core, in the background.
     static func makeKeys(_ cns: [String]) -> Task<[StagedKey], Error> {
-        Task {
-            try await withCheckedThrowingContinuation { continuation in
-                DispatchQueue.global().async {
-                    continuation.resume(
-                        with: Result {
-                            try Parallel.map(cns.count) { i in StagedKey(cn: cns[i], key: DeviceKeys.p256()) }
-                        })
-                }
-            }
-        }
+        Parallel.start { try Parallel.map(cns.count) { i in StagedKey(cn: cns[i], key: DeviceKeys.p256()) } }
     }
-}
 
-extension IssueCommand {
-    /// Writes a committed chunk's certificate files and moves its keys into place, off the cooperative pool.
+    /// Writes a committed chunk's certificate files and moves its keys into place, in the background.
     static func complete(_ issued: [IssuedCertificate], with batch: BatchWriter) -> Task<Void, Error> {
-        Task {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
-                DispatchQueue.global().async {
-                    continuation.resume(
-                        with: Result {
-                            for item in issued { try batch.complete(cn: item.record.content.cn, pem: item.pem) }
-                        })
-                }
-            }
-        }
+        Parallel.start { for item in issued { try batch.complete(cn: item.record.content.cn, pem: item.pem) } }
     }
 }
 
