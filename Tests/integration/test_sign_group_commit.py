@@ -152,3 +152,45 @@ def test_sign_exit_status_is_the_first_failure_in_command_line_order(station: St
     r = station.sign(missing, again, spaced, out_dir=tmp_path / "out", extra=extra)
     assert_exit(r, EXIT_DATA)
     assert {p.stem for p in (tmp_path / "out").iterdir()} == {"ORDER-2", "ORDER-3"}
+
+
+@pytest.mark.parametrize("group", [None, "1"])
+def test_sign_directory_signs_its_csr_files_in_name_order(station: Station, tmp_path, group):
+    """A directory argument stands for every *.csr directly in it (any case), sorted by name: a batch of thousands
+    needs no command line of thousands of paths. Keys, hidden files and subdirectories are not CSRs."""
+    d = tmp_path / "incoming"
+    for cn in ("DIR-003", "DIR-001", "DIR-002"):
+        openssl_csr(d, cn)  # DIR-00N-p256.csr beside its DIR-00N-p256.key
+    upper, _ = openssl_csr(tmp_path / "elsewhere", "DIR-004")
+    upper.rename(d / "DIR-004-p256.CSR")
+    hidden, _ = openssl_csr(tmp_path / "elsewhere", "DIR-HIDDEN")
+    hidden.rename(d / ".DIR-HIDDEN.csr")
+    openssl_csr(d / "nested", "DIR-NESTED")
+    (d / "README.txt").write_text("not a CSR\n")
+    extra = () if group is None else ("--commit-group", group)
+    r = station.sign(d, out_dir=tmp_path / "out", extra=extra)
+    assert_exit(r, EXIT_OK)
+    assert "4 signed, 0 refused" in r.err
+    assert [cn for (cn,) in station.query("SELECT cn FROM records ORDER BY seq")] == [
+        "DIR-001", "DIR-002", "DIR-003", "DIR-004"]
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {f"DIR-00{i}.pem" for i in range(1, 5)}
+
+
+def test_sign_directory_without_csr_files_is_a_usage_error(station: Station, tmp_path):
+    d = tmp_path / "empty"
+    d.mkdir()
+    (d / "notes.txt").write_text("no CSRs here\n")
+    r = station.sign(d, out_dir=tmp_path / "out")
+    assert_exit(r, EXIT_USAGE)
+    assert f"the directory {d} holds no *.csr files" in r.err
+    assert station.records_count() == 0 and station.events("refused") == []
+
+
+def test_sign_directory_of_several_with_out_is_a_usage_error(station: Station, tmp_path):
+    d = tmp_path / "two"
+    openssl_csr(d, "OUT-1")
+    openssl_csr(d, "OUT-2")
+    r = station.sign(d, extra=("--out", tmp_path / "one.pem"))
+    assert_exit(r, EXIT_USAGE)
+    assert "--out takes one CSR; use --out-dir for several" in r.err
+    assert station.records_count() == 0 and not (tmp_path / "one.pem").exists()
