@@ -305,9 +305,9 @@ public final class SQLiteLedger: Ledger {
                         throw KeylineError(.dataError, "no record with seq \(recordSeq)")
                     }
                     if let error = LedgerRecord.transitionRefusal(current, to: state) { throw error }
-                    try db.execute(
-                        sql: "UPDATE records SET state = ?, updated_at = ? WHERE seq = ?",
-                        arguments: [state.rawValue, Timestamp.millis(event.at), recordSeq])
+                    // Cached: compiling an UPDATE compiles the records triggers too (about 200 µs a device on the line).
+                    try db.cachedStatement(sql: "UPDATE records SET state = ?, updated_at = ? WHERE seq = ?")
+                        .execute(arguments: [state.rawValue, Timestamp.millis(event.at), recordSeq])
                     try Self.insertEvent(db, event)
                     var record = current
                     record.state = state
@@ -553,7 +553,8 @@ public final class SQLiteLedger: Ledger {
         sql += " ORDER BY seq"
         try guarded("reading the ledger") {
             try dbQueue.read { db in
-                let cursor = try Row.fetchCursor(db, sql: sql, arguments: args)
+                // Cached: the daemon reads the work-order events appended since the last device before every device.
+                let cursor = try Row.fetchCursor(db.cachedStatement(sql: sql), arguments: args)
                 while let row = try cursor.next() { try body(Self.event(row)) }
             }
         }
