@@ -512,7 +512,7 @@ class Bench:
         self.growth_csrs = args.growth_csrs or 200
         self.growth_reps = 3
         # Runs per side of the interleaved growth measurement. One run's median moves by ±20 % on this kind of
-        # machine (fsync latency), so 5 runs could not tell 1.0× from 1.2×; 20 runs take about 30 s.
+        # machine (fsync latency), so 5 runs could not tell 1.0× from 1.2×; 20 rounds (40 runs) take about a minute.
         self.growth_inter_reps = 6 if args.quick else 20
         self.openssl_growth_budget = args.openssl_budget or (20.0 if self.quick else 60.0)
         self.openssl_growth_cap = 15 if self.quick else 40  # certificates per repetition at most

@@ -9,11 +9,12 @@ struct SignCommand: AsyncParsableCommand {
         commandName: "sign",
         abstract: "Sign device CSRs with the profile's CA; each is committed to the ledger before it is written.",
         discussion: """
-            CSR files may be PEM or DER; '-' reads standard input; a directory stands for every *.csr file in it \
-            (not its subdirectories), in name order. Give a batch of thousands as a directory: the command line \
-            parser slows down with many arguments (5,000 paths take about a second to parse, 20,000 about 12 s). \
-            Without --out or --out-dir the certificates are printed on standard output. Nothing but the CN is taken from a CSR: its other subject attributes and \
-            requested extensions (CA:TRUE above all) are ignored.
+            CSR files may be PEM or DER; '-' reads standard input; a directory stands for every regular file named \
+            *.csr directly in it, in byte order of the names (as 'LC_ALL=C ls' lists them: zero-pad sequence \
+            numbers, or SN-10 comes before SN-9). Give a batch of thousands as a directory: the command line \
+            parser slows down with many arguments (5,000 paths take 0.9 s to parse, 20,000 take 12 s). Without \
+            --out or --out-dir the certificates are printed on standard output. Nothing but the CN is taken from a \
+            CSR: its other subject attributes and requested extensions (CA:TRUE above all) are ignored.
 
             Policy (each refusal names its rule, exit 3): proof-of-possession (the CSR's signature verifies), \
             signature-algorithm (SHA-256 or stronger), key-type (P-256; P-384 and RSA of 2048/3072/4096 bits or more when key_types allows), \
@@ -190,8 +191,9 @@ struct SignCommand: AsyncParsableCommand {
 }
 
 extension SignCommand {
-    /// The CSR files the arguments name, in order: a directory stands for every `*.csr` file directly in it (any
-    /// case, hidden files skipped), sorted by name; anything else is kept as given.
+    /// The CSR files the arguments name, in order: a directory stands for every regular file (symbolic links
+    /// followed) named `*.csr` in any case directly in it, hidden files skipped, in byte order of the names;
+    /// anything else is kept as given.
     static func expand(_ arguments: [String]) throws -> [String] {
         var paths: [String] = []
         for argument in arguments {
@@ -202,17 +204,25 @@ extension SignCommand {
                 paths.append(argument)
                 continue
             }
-            let names: [String]
-            do {
-                names = try FileManager.default.contentsOfDirectory(atPath: argument)
-            } catch {
-                throw KeylineError(.ioError, "cannot list the directory \(argument)")
+            guard let dir = opendir(argument) else {
+                throw KeylineError(
+                    .ioError, "cannot list the directory \(argument): \(String(cString: strerror(errno)))")
             }
-            let csrs = names.filter { !$0.hasPrefix(".") && $0.lowercased().hasSuffix(".csr") }.sorted()
-            guard !csrs.isEmpty else {
+            var names: [String] = []
+            while let entry = readdir(dir) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                    String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+                }
+                guard !name.hasPrefix("."), name.lowercased().hasSuffix(".csr") else { continue }
+                var info = stat()
+                let path = (argument as NSString).appendingPathComponent(name)
+                if stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFREG { names.append(path) }
+            }
+            closedir(dir)
+            guard !names.isEmpty else {
                 throw KeylineError(.usage, "the directory \(argument) holds no *.csr files")
             }
-            paths += csrs.map { (argument as NSString).appendingPathComponent($0) }
+            paths += names.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
         }
         return paths
     }

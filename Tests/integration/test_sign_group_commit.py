@@ -7,6 +7,7 @@ written before the transaction holding its record is durable.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -156,41 +157,52 @@ def test_sign_exit_status_is_the_first_failure_in_command_line_order(station: St
 
 @pytest.mark.parametrize("group", [None, "1"])
 def test_sign_directory_signs_its_csr_files_in_name_order(station: Station, tmp_path, group):
-    """A directory argument stands for every *.csr directly in it (any case), sorted by name: a batch of thousands
-    needs no command line of thousands of paths. Keys, hidden files and subdirectories are not CSRs."""
+    """A directory argument stands for every regular *.csr file directly in it (any case, symbolic links followed),
+    in byte order of the names: a batch of thousands needs no command line of thousands of paths. Keys, hidden
+    files, subdirectories and FIFOs are not CSRs, whatever their names."""
     d = tmp_path / "incoming"
-    for cn in ("DIR-003", "DIR-001", "DIR-002"):
-        openssl_csr(d, cn)  # DIR-00N-p256.csr beside its DIR-00N-p256.key
-    upper, _ = openssl_csr(tmp_path / "elsewhere", "DIR-004")
+    for cn in ("DIR-003", "DIR-001", "DIR-a", "DIR-002"):
+        openssl_csr(d, cn)  # <CN>-p256.csr beside its <CN>-p256.key
+    elsewhere = tmp_path / "elsewhere"
+    upper, _ = openssl_csr(elsewhere, "DIR-004")
     upper.rename(d / "DIR-004-p256.CSR")
-    hidden, _ = openssl_csr(tmp_path / "elsewhere", "DIR-HIDDEN")
+    linked, _ = openssl_csr(elsewhere, "DIR-B")
+    (d / "DIR-B-p256.csr").symlink_to(linked)
+    hidden, _ = openssl_csr(elsewhere, "DIR-HIDDEN")
     hidden.rename(d / ".DIR-HIDDEN.csr")
-    openssl_csr(d / "nested", "DIR-NESTED")
+    openssl_csr(d / "nested.csr", "DIR-NESTED")  # a directory named like a CSR
+    os.mkfifo(d / "pipe.csr")  # reading it would block
     (d / "README.txt").write_text("not a CSR\n")
     extra = () if group is None else ("--commit-group", group)
     r = station.sign(d, out_dir=tmp_path / "out", extra=extra)
     assert_exit(r, EXIT_OK)
-    assert "4 signed, 0 refused" in r.err
+    assert "6 signed, 0 refused" in r.err
+    # Byte order of the file names: digits, then upper case, then lower case.
     assert [cn for (cn,) in station.query("SELECT cn FROM records ORDER BY seq")] == [
-        "DIR-001", "DIR-002", "DIR-003", "DIR-004"]
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {f"DIR-00{i}.pem" for i in range(1, 5)}
+        "DIR-001", "DIR-002", "DIR-003", "DIR-004", "DIR-B", "DIR-a"]
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {
+        f"{cn}.pem" for cn in ("DIR-001", "DIR-002", "DIR-003", "DIR-004", "DIR-B", "DIR-a")}
 
 
 def test_sign_directory_without_csr_files_is_a_usage_error(station: Station, tmp_path):
     d = tmp_path / "empty"
     d.mkdir()
     (d / "notes.txt").write_text("no CSRs here\n")
+    (d / "sub.csr").mkdir()
     r = station.sign(d, out_dir=tmp_path / "out")
     assert_exit(r, EXIT_USAGE)
     assert f"the directory {d} holds no *.csr files" in r.err
     assert station.records_count() == 0 and station.events("refused") == []
 
 
-def test_sign_directory_of_several_with_out_is_a_usage_error(station: Station, tmp_path):
+@pytest.mark.parametrize("option", ["--out", "--hardware-id"])
+def test_sign_directory_of_several_with_a_one_csr_option_is_a_usage_error(station: Station, tmp_path, option):
     d = tmp_path / "two"
     openssl_csr(d, "OUT-1")
     openssl_csr(d, "OUT-2")
-    r = station.sign(d, extra=("--out", tmp_path / "one.pem"))
+    value = tmp_path / "one.pem" if option == "--out" else "HW-1"
+    extra = (option, value) if option == "--out" else (option, value, "--out-dir", tmp_path / "out")
+    r = station.sign(d, extra=extra)
     assert_exit(r, EXIT_USAGE)
-    assert "--out takes one CSR; use --out-dir for several" in r.err
+    assert f"{option} takes one CSR" in r.err
     assert station.records_count() == 0 and not (tmp_path / "one.pem").exists()
