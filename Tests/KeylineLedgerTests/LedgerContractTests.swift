@@ -191,7 +191,7 @@ struct LedgerContractTests {
             return nil
         }
         #expect(rules == [nil, "unique-cn", nil, "unique-cn", "unique-public-key", nil])
-        // Only what was accepted is signed (SQLite once for the group; a backend without a shared commit, once each).
+        // Only what was accepted is signed (SQLite and PostgreSQL once for the group; memory once each).
         #expect(signedGroups.flatMap { $0 } == ["dev-1", "dev-3", "dev-5"])
         let events = try await ledger.events(recordSeq: nil, limit: nil).filter { $0.seq > before }
         #expect(events.map(\.content.kind) == [.issued, .refused, .issued, .refused, .refused, .issued])

@@ -273,6 +273,46 @@ struct PostgresLedgerTests {
                     eventsHash: LedgerRecord.genesisHash))
     }
 
+    @Test(
+        "a group that keeps deadlocking goes one transaction per request: each judged on its own, nothing of the failed attempts written"
+    )
+    func groupDeadlockFallsBackToOneTransactionEach() async throws {
+        let ledger = try await stations(["line-1"])[0]
+        ledger.retryDelays = [.milliseconds(1), .milliseconds(1)]
+        _ = try await issueAt(ledger, "SN-TAKEN")
+        let before = try await ledger.heads()
+        let attempts = Attempts()
+        let log = ledger.logger
+        ledger.beforeCommit = { conn, _ in
+            // The group's transaction and its two retries deadlock; the transactions after them do not.
+            if attempts.next() < 3 {
+                try await conn.exec(
+                    "DO $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = 'deadlock_detected'; END $$",
+                    logger: log)
+            }
+        }
+        var signed: [[String]] = []
+        let results = try await ledger.issueEach([
+            reservation("SN-A"), reservation("SN-TAKEN", key: "fresh"), reservation("SN-B"),
+        ]) { r in
+            signed.append(r.map(\.cn))
+            return r.map { content($0) }
+        }
+        ledger.beforeCommit = nil
+        #expect(results.map { (try? $0.get())?.content.cn } == ["SN-A", nil, "SN-B"])
+        if case .failure(let e) = results[1] {
+            #expect(e.rule == "unique-cn")
+        } else {
+            Issue.record("SN-TAKEN was issued twice")
+        }
+        // Signed by each of the group's three attempts, then once for each request on its own.
+        #expect(signed == [["SN-A", "SN-B"], ["SN-A", "SN-B"], ["SN-A", "SN-B"], ["SN-A"], ["SN-B"]])
+        let events = try await ledger.events(recordSeq: nil, limit: nil).filter { $0.seq > before.eventsSeq }
+        #expect(events.map(\.content.kind) == [.issued, .refused, .issued])
+        #expect(try await ledger.records(RecordQuery()).map(\.content.cn) == ["SN-TAKEN", "SN-A", "SN-B"])
+        #expect(try await ledger.verify().isIntact)
+    }
+
     @Test("a transaction the server aborted is never reported committed (COMMIT answered ROLLBACK)")
     func abortedTransactionIsNotCommitted() async throws {
         let ledger = try await stations(["line-1"])[0]
