@@ -79,14 +79,13 @@ struct SignCommand: AsyncParsableCommand {
 
     func validate() throws {
         if out != nil && outDir != nil { throw ValidationError("--out and --out-dir cannot be used together") }
-        if out != nil && csrs.count > 1 { throw ValidationError("--out takes one CSR; use --out-dir for several") }
-        if hardwareId != nil && csrs.count > 1 { throw ValidationError("--hardware-id takes one CSR") }
         if csrs.filter({ $0 == "-" }).count > 1 { throw ValidationError("'-' (standard input) may be given once") }
         if !(1...1000).contains(commitGroup) { throw ValidationError("--commit-group must be 1-1000") }
     }
 
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
+            // After expansion (a directory may hold several), before the station is opened.
             let csrs = try Self.expand(self.csrs)
             if csrs.count > 1 {
                 if out != nil { throw KeylineError(.usage, "--out takes one CSR; use --out-dir for several") }

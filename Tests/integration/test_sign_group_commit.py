@@ -195,14 +195,14 @@ def test_sign_directory_without_csr_files_is_a_usage_error(station: Station, tmp
     assert station.records_count() == 0 and station.events("refused") == []
 
 
+@pytest.mark.parametrize("as_directory", [True, False])
 @pytest.mark.parametrize("option", ["--out", "--hardware-id"])
-def test_sign_directory_of_several_with_a_one_csr_option_is_a_usage_error(station: Station, tmp_path, option):
+def test_sign_several_csrs_with_a_one_csr_option_is_a_usage_error(station: Station, tmp_path, option, as_directory):
     d = tmp_path / "two"
-    openssl_csr(d, "OUT-1")
-    openssl_csr(d, "OUT-2")
+    paths = [openssl_csr(d, "OUT-1")[0], openssl_csr(d, "OUT-2")[0]]
     value = tmp_path / "one.pem" if option == "--out" else "HW-1"
     extra = (option, value) if option == "--out" else (option, value, "--out-dir", tmp_path / "out")
-    r = station.sign(d, extra=extra)
+    r = station.sign(*([d] if as_directory else paths), extra=extra)
     assert_exit(r, EXIT_USAGE)
     assert f"{option} takes one CSR" in r.err
     assert station.records_count() == 0 and not (tmp_path / "one.pem").exists()
