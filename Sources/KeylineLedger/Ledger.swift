@@ -214,14 +214,17 @@ public protocol Ledger: Sendable {
     func issue(_ reservation: Reservation, sign: (Reservation) throws -> RecordContent) async throws -> LedgerRecord
 
     /// The same for many requests in one transaction: all are committed, or none. Every reservation is checked
-    /// (against the ledger and against each other) before `signAll` is called once with all of them, so the caller
-    /// may sign them in parallel; it returns their contents in the same order.
+    /// (against the ledger and against each other) before `signAll` is first called; it returns the contents of the
+    /// reservations it is given, in the same order, and may sign them in parallel. A backend calls it once with all
+    /// of them, or (SQLite, for a large group) once per consecutive slice, in order, on a thread of its own while it
+    /// inserts the slices before: never two calls at once, and every call returns before this does.
     func issueBatch(
         _ reservations: [Reservation], signAll: ([Reservation]) throws -> [RecordContent]
     ) async throws -> [LedgerRecord]
 
     /// Many requests in one transaction, each judged on its own (group commit): a refused reservation leaves its
-    /// `refused` event and is skipped, `signAll` is called once with the accepted ones in order, and they are all
+    /// `refused` event and is skipped, `signAll` is called with the accepted ones in order (at once or in slices,
+    /// as for ``issueBatch(_:signAll:)``), and they are all
     /// committed together with those events. Returns one result per reservation, in order. An error that is not a
     /// refusal (the ledger, or `signAll`) commits nothing and is thrown. A backend without its own implementation
     /// runs one transaction per reservation.

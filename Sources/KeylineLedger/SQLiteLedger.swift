@@ -237,26 +237,23 @@ public final class SQLiteLedger: Ledger {
                             refused[i] = error
                         }
                     }
-                    // Sign the accepted ones, then commit them with the refusals' events, in request order.
+                    // Sign the accepted ones, then commit them with the refusals' events, in request order. A
+                    // large group is signed in slices on another thread while this one inserts the slices before.
                     let accepted = reservations.indices.filter { refused[$0] == nil }.map { reservations[$0] }
-                    let contents = accepted.isEmpty ? [] : try signAll(accepted)
-                    guard contents.count == accepted.count else {
-                        throw KeylineError(
-                            .internalError, "signed \(contents.count) of \(accepted.count) reservations")
-                    }
-                    var head = try Self.head(db)
-                    var next = contents.makeIterator()
-                    for (i, r) in reservations.enumerated() {
-                        if let error = refused[i] {
-                            try Self.insertEvent(db, r.refusedEvent(error, stationID: stationID))
-                            out.append(.failure(error))
-                            continue
+                    try SliceSigner.signing(accepted, signAll) { next in
+                        var head = try Self.head(db)
+                        for (i, r) in reservations.enumerated() {
+                            if let error = refused[i] {
+                                try Self.insertEvent(db, r.refusedEvent(error, stationID: stationID))
+                                out.append(.failure(error))
+                                continue
+                            }
+                            let record = try LedgerRecord.issued(next(), for: r, after: head)
+                            try Self.insert(db, record)
+                            try Self.insertEvent(db, record.issuedEvent)
+                            head = (record.seq, record.hash)
+                            out.append(.success(record))
                         }
-                        let record = try LedgerRecord.issued(next.next()!, for: r, after: head)
-                        try Self.insert(db, record)
-                        try Self.insertEvent(db, record.issuedEvent)
-                        head = (record.seq, record.hash)
-                        out.append(.success(record))
                     }
                     return .commit
                 }

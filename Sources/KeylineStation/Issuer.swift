@@ -126,39 +126,71 @@ public struct Issuer: Sendable {
             return requests.map { _ in .failure(error) }
         }
         let reservations = reservations(for: requests, reissue: reissue)
-        // The ledger hands `signAll` the accepted reservations only, in order; (CN, key) finds each one's request.
-        let requestFor = Dictionary(
-            reservations.enumerated().map { ("\($1.cn)\u{0}\($1.publicKeySHA256)", $0) }, uniquingKeysWith: min)
-        // Keyed by (CN, key): a backend without a shared commit calls `signAll` once per reservation, and one that
-        // retries a transaction calls it again; the last signing of each is the one committed.
-        var built: [String: (certificate: Certificate, pem: String, der: [UInt8])] = [:]
+        var signing = Signing(requests: requests, reservations: reservations)
         let records = try await station.ledger.issueEach(reservations) { reserved in
-            let signed = try Parallel.map(reserved.count) { k in
-                guard let i = requestFor["\(reserved[k].cn)\u{0}\(reserved[k].publicKeySHA256)"] else {
-                    throw KeylineError(.internalError, "the ledger reserved a request that was not made")
-                }
-                return try makeContent(
-                    reserved[k], publicKey: requests[i].publicKey, origin: origin, hardwareID: requests[i].hardwareID,
+            try signing.sign(reserved) { r, request in
+                try makeContent(
+                    r, publicKey: request.publicKey, origin: origin, hardwareID: request.hardwareID,
                     workOrder: workOrder, at: at, validity: validity)
             }
+        }
+        return try records.map { result in
+            switch result {
+            case .failure(let error): return .failure(error)
+            case .success(let record): return .success(try signing.issued(record))
+            }
+        }
+    }
+
+    /// What was signed in one ledger call, found again by (CN, key) when the records come back. The ledger hands
+    /// `signAll` the accepted reservations only, in order, all at once or in consecutive slices; a backend without
+    /// a shared commit calls it once per reservation, and one that retries a transaction calls it again: the last
+    /// signing of each is the one committed.
+    private struct Signing {
+        let requests: [Request]
+        let requestFor: [String: Int]
+        var built: [String: (certificate: Certificate, pem: String, der: [UInt8])] = [:]
+
+        init(requests: [Request], reservations: [Reservation]) {
+            self.requests = requests
+            requestFor = Dictionary(
+                reservations.enumerated().map { (Self.key($1.cn, $1.publicKeySHA256), $0) }, uniquingKeysWith: min)
+        }
+
+        static func key(_ cn: String, _ publicKeySHA256: String) -> String { "\(cn)\u{0}\(publicKeySHA256)" }
+
+        /// Signs `reserved` on every core through `make`, remembering each certificate; returns the contents in order.
+        mutating func sign(
+            _ reserved: [Reservation],
+            _ make:
+                @Sendable (Reservation, Request) throws -> (
+                    content: RecordContent, certificate: Certificate, pem: String
+                )
+        ) throws -> [RecordContent] {
+            let requests = requests
+            let requestFor = requestFor
+            let signed = try Parallel.map(reserved.count) { k in
+                guard let i = requestFor[Self.key(reserved[k].cn, reserved[k].publicKeySHA256)] else {
+                    throw KeylineError(.internalError, "the ledger reserved a request that was not made")
+                }
+                return try make(reserved[k], requests[i])
+            }
             for item in signed {
-                built["\(item.content.cn)\u{0}\(item.content.publicKeySHA256)"] = (
+                built[Self.key(item.content.cn, item.content.publicKeySHA256)] = (
                     item.certificate, item.pem, item.content.certificateDER
                 )
             }
             return signed.map(\.content)
         }
-        return try records.map { result in
-            switch result {
-            case .failure(let error): return .failure(error)
-            case .success(let record):
-                guard let cert = built["\(record.content.cn)\u{0}\(record.content.publicKeySHA256)"],
-                    cert.der == record.content.certificateDER
-                else {
-                    throw KeylineError(.internalError, "the ledger committed a record that was not signed here")
-                }
-                return .success(IssuedCertificate(record: record, certificate: cert.certificate, pem: cert.pem))
+
+        /// The certificate of a committed record, which must be the one signed here.
+        func issued(_ record: LedgerRecord) throws -> IssuedCertificate {
+            guard let cert = built[Self.key(record.content.cn, record.content.publicKeySHA256)],
+                cert.der == record.content.certificateDER
+            else {
+                throw KeylineError(.internalError, "the ledger committed a record that was not signed here")
             }
+            return IssuedCertificate(record: record, certificate: cert.certificate, pem: cert.pem)
         }
     }
 
@@ -206,20 +238,16 @@ public struct Issuer: Sendable {
         case .failure(let error): try await refuse(error, cn: requests.first?.cn)
         }
         let reservations = reservations(for: requests, reissue: reissue)
-        var built: [(certificate: Certificate, pem: String)] = []
+        var signing = Signing(requests: requests, reservations: reservations)
         let records = try await station.ledger.issueBatch(reservations) { reserved in
-            // Reserved, in request order: sign them on every core, each with its own serial.
-            let signed = try Parallel.map(reserved.count) { i in
+            // Reserved, in request order (all at once or in slices): signed on every core, each with its own serial.
+            try signing.sign(reserved) { r, request in
                 try makeContent(
-                    reserved[i], publicKey: requests[i].publicKey, origin: origin, hardwareID: requests[i].hardwareID,
+                    r, publicKey: request.publicKey, origin: origin, hardwareID: request.hardwareID,
                     workOrder: workOrder, at: at, validity: validity)
             }
-            built = signed.map { ($0.certificate, $0.pem) }
-            return signed.map(\.content)
         }
-        return zip(records, built).map { record, cert in
-            IssuedCertificate(record: record, certificate: cert.certificate, pem: cert.pem)
-        }
+        return try records.map { try signing.issued($0) }
     }
 
     /// The validity of a certificate issued at `at` under this profile and CA, or why there is none.

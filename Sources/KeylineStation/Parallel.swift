@@ -1,4 +1,9 @@
 import Dispatch
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Runs independent CPU-bound work on every core the process has.
 public enum Parallel {
@@ -22,6 +27,27 @@ public enum Parallel {
         Task {
             try await withCheckedThrowingContinuation { continuation in
                 DispatchQueue.global().async { continuation.resume(with: Result { try body() }) }
+            }
+        }
+    }
+
+    /// Like ``start(_:)``, on a thread of its own at a lower scheduling priority (nice 10): work that may run
+    /// behind the critical path (the next chunk's keys, the last chunk's files) takes the cores the critical path
+    /// leaves idle instead of slowing it.
+    public static func startBehind<T: Sendable>(_ body: @escaping @Sendable () throws -> T) -> Task<T, Error> {
+        Task {
+            try await withCheckedThrowingContinuation { continuation in
+                let thread = Thread {
+                    #if os(Linux)
+                        // SCHED_IDLE (5; glibc declares it only under _GNU_SOURCE): this thread runs only on a core
+                        // nothing else wants.
+                        var parameters = sched_param()
+                        _ = pthread_setschedparam(pthread_self(), 5, &parameters)
+                    #endif
+                    continuation.resume(with: Result { try body() })
+                }
+                thread.stackSize = 8 << 20
+                thread.start()
             }
         }
     }

@@ -128,17 +128,24 @@ struct IssueCommand: AsyncParsableCommand {
             let slices = stride(from: 0, to: todo.count, by: chunk).map {
                 Array(todo[$0..<min($0 + chunk, todo.count)])
             }
-            // The next chunk's keys are made (on every core) while this chunk is staged, committed and written.
-            var nextKeys = slices.first.map(Self.makeKeys)
+            // The next chunk's keys are made and staged on a thread behind this chunk's signing and commit.
+            var ahead = slices.first.map { (slice: $0, keys: Self.prepare($0, with: batch)) }
             // A committed chunk's files are written on another thread while the next chunk is staged, signed and
             // committed; at most one chunk is being written at a time.
             var writing: Task<Void, Error>?
             do {
                 for (n, slice) in slices.enumerated() {
-                    let keys = try await nextKeys!.value
-                    nextKeys = n + 1 < slices.count ? Self.makeKeys(slices[n + 1]) : nil
-                    // Stage the keys durably before the chunk commits.
-                    try batch.stage(keys)
+                    // This chunk's keys are staged durably before it commits.
+                    let staging = ahead!.keys
+                    ahead = nil
+                    let keys: [StagedKey]
+                    do {
+                        keys = try await staging.value
+                    } catch {
+                        batch.unstage(slice)
+                        throw error
+                    }
+                    if n + 1 < slices.count { ahead = (slices[n + 1], Self.prepare(slices[n + 1], with: batch)) }
                     let issued: [IssuedCertificate]
                     do {
                         issued = try await issuer.issueBatch(
@@ -154,8 +161,13 @@ struct IssueCommand: AsyncParsableCommand {
                 }
                 try await writing?.value
             } catch {
-                // Whatever failed, the committed chunk being written is finished first.
+                // Whatever failed, the committed chunk being written is finished first, and the keys staged for a
+                // chunk that will not commit are deleted.
                 _ = try? await writing?.value
+                if let ahead {
+                    _ = try? await ahead.keys.value
+                    batch.unstage(ahead.slice)
+                }
                 throw error
             }
             progress.finish()
@@ -167,14 +179,18 @@ struct IssueCommand: AsyncParsableCommand {
 }
 
 extension IssueCommand {
-    /// Makes one P-256 key per CN on every core, in the background.
-    static func makeKeys(_ cns: [String]) -> Task<[StagedKey], Error> {
-        Parallel.start { try Parallel.map(cns.count) { i in StagedKey(cn: cns[i], key: DeviceKeys.p256()) } }
+    /// Makes one P-256 key per CN and stages them (``BatchWriter/stage(_:)``), on a thread behind the critical path.
+    static func prepare(_ cns: [String], with batch: BatchWriter) -> Task<[StagedKey], Error> {
+        Parallel.startBehind {
+            let keys = cns.map { StagedKey(cn: $0, key: DeviceKeys.p256()) }
+            try batch.stage(keys)
+            return keys
+        }
     }
 
     /// Writes a committed chunk's certificate files and moves its keys into place, in the background.
     static func complete(_ issued: [IssuedCertificate], with batch: BatchWriter) -> Task<Void, Error> {
-        Parallel.start { for item in issued { try batch.complete(cn: item.record.content.cn, pem: item.pem) } }
+        Parallel.startBehind { for item in issued { try batch.complete(cn: item.record.content.cn, pem: item.pem) } }
     }
 }
 

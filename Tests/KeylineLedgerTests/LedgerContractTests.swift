@@ -215,6 +215,71 @@ struct LedgerContractTests {
         #expect(try await ledger.record(cn: "dev-1") == nil)
     }
 
+    @Test(
+        "a large group commit (SQLite signs it in slices while it inserts) keeps request order and its refusals in place",
+        arguments: Backend.allCases)
+    func issueEachLarge(_ backend: Backend) async throws {
+        let ledger = try await backend.make()
+        try await issue(ledger, "dev-050")
+        let before = try await ledger.heads().eventsSeq
+        let group = (1...300).map { reservation(String(format: "dev-%03d", $0)) }
+        let accepted = group.map(\.cn).filter { $0 != "dev-050" }
+        let signed = SignedCNs()
+        let results = try await ledger.issueEach(group) { r in
+            signed.append(r.map(\.cn))
+            return r.map { content($0) }
+        }
+        #expect(results.compactMap { try? $0.get().content.cn } == accepted)
+        #expect(results.compactMap { try? $0.get().seq } == Array(2...300))
+        if case .failure(let e) = results[49] {
+            #expect(e.rule == "unique-cn")
+        } else {
+            Issue.record("dev-050 issued twice")
+        }
+        #expect(signed.all == accepted, "every accepted reservation signed once, in order")
+        let events = try await ledger.events(recordSeq: nil, limit: nil).filter { $0.seq > before }
+        #expect(
+            events.map(\.content.kind) == Array(repeating: .issued, count: 49) + [.refused]
+                + Array(repeating: .issued, count: 250))
+        #expect(try await ledger.count() == 300)
+        #expect(try await ledger.verify().isIntact)
+
+        // A later slice that fails to sign: nothing of the group is committed (the memory ledger has no shared
+        // commit: one transaction per reservation).
+        guard backend != .memory else { return }
+        let heads = try await ledger.heads()
+        struct Boom: Error {}
+        await #expect(throws: Boom.self) {
+            _ = try await ledger.issueEach((301...600).map { reservation("dev-\($0)") }) { r in
+                if r.contains(where: { $0.cn == "dev-500" }) { throw Boom() }
+                return r.map { content($0) }
+            }
+        }
+        #expect(try await ledger.heads() == heads)
+    }
+
+    @Test("a large batch commits whole, in order, or nothing when one CN is refused", arguments: Backend.allCases)
+    func issueBatchLarge(_ backend: Backend) async throws {
+        let ledger = try await backend.make()
+        let first = (1...200).map { reservation("a-\($0)") }
+        let records = try await ledger.issueBatch(first) { r in r.map { content($0) } }
+        #expect(records.map(\.content.cn) == first.map(\.cn))
+        #expect(records.map(\.seq) == Array(1...200))
+        let heads = try await ledger.heads()
+        let second = (1...200).map { reservation($0 == 150 ? "a-7" : "b-\($0)") }
+        let signed = SignedCNs()
+        await #expect(throws: KeylineError(.policyRefusal, "")) {
+            _ = try await ledger.issueBatch(second) { r in
+                signed.append(r.map(\.cn))
+                return r.map { content($0) }
+            }
+        }
+        #expect(signed.all.isEmpty, "nothing is signed before every reservation passed")
+        #expect(try await ledger.count() == 200)
+        #expect(try await ledger.heads().recordsSeq == heads.recordsSeq)
+        #expect(try await ledger.verify().isIntact)
+    }
+
     @Test("state changes are events, and verify checks they agree", arguments: Backend.allCases)
     func transitions(_ backend: Backend) async throws {
         let ledger = try await backend.make()
@@ -461,4 +526,12 @@ struct SQLiteLedgerTests {
             try SQLiteLedger(path: "/nonexistent-\(UUID().uuidString)/ledger.sqlite", stationID: "x")
         }
     }
+}
+
+/// The CNs `signAll` was called with, in call order (the SQLite ledger calls it from a thread of its own).
+final class SignedCNs: @unchecked Sendable {
+    private let lock = NSLock()
+    private var calls: [[String]] = []
+    func append(_ cns: [String]) { lock.withLock { calls.append(cns) } }
+    var all: [String] { lock.withLock { calls.flatMap { $0 } } }
 }

@@ -163,3 +163,48 @@ def test_killed_batch_resumes_without_losing_keys_or_doubling_cns(station, tmp_p
         assert spki_der(key.public_key()) == spki_der(cert.public_key()), cn
         assert oct((out / f"{cn}.key").stat().st_mode & 0o777) == "0o600"
     assert_exit(station.run("ledger", "verify"), EXIT_OK)
+
+
+def test_batch_failing_mid_run_leaves_only_keys_of_committed_chunks(station, tmp_path):
+    """The next chunk's keys are staged while a chunk commits; when that commit fails, neither chunk leaves a key."""
+    out = tmp_path / "batch"
+    args = ["issue", "--count", "2000", "--cn-template", "L-{seq:04}", "--chunk", "50", "--out", out]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYLINE_")}
+    env["KEYLINE_STATION"] = str(station.path)
+    from conftest import KEYLINE_BIN  # the per-session copy
+
+    p = subprocess.Popen([str(KEYLINE_BIN), *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + KEYLINE_TIMEOUT
+    while time.monotonic() < deadline and p.poll() is None:
+        try:
+            if station.records_count() >= 100:
+                break
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.01)
+    if p.poll() is not None:
+        pytest.fail("the batch finished before the ledger could be locked; make it larger")
+    # Take the write lock between two commits and keep it until the batch gives up (its busy timeout is 5 s).
+    holder = sqlite3.connect(str(station.ledger_path), timeout=30, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        _, err = p.communicate(timeout=KEYLINE_TIMEOUT)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert p.returncode == EXIT_TEMPFAIL, err.decode()
+    assert "locked" in err.decode()
+    committed = station.records_count()
+    assert 100 <= committed < 2000
+    assert committed % 50 == 0, "chunks commit whole"
+    in_ledger = {row[0] for row in sqlite3.connect(str(station.ledger_path)).execute("SELECT cn FROM records")}
+    on_disk = {f.name.split(".")[0] for f in out.iterdir() if f.name.endswith((".key", ".key.partial"))}
+    # The chunk that failed and the one staged behind it took their keys back.
+    assert on_disk == in_ledger
+    assert not list(out.glob("*.partial"))
+
+    r = station.run(*args)
+    assert_exit(r, EXIT_OK)
+    assert station.records_count() == 2000
+    assert len(list(out.glob("*.key"))) == 2000
+    assert_exit(station.run("ledger", "verify"), EXIT_OK)
