@@ -227,9 +227,16 @@ public final class SQLiteLedger: Ledger {
                     var batch = BatchUniqueness()
                     var reservations = reservations
                     var refused: [Int: KeylineError] = [:]
+                    // A large group asks the ledger in a few statements which of its CNs and keys it holds; only
+                    // those (and re-issues) are looked at one by one.
+                    let known = reservations.count >= Self.lookupInBulk ? try Self.known(db, reservations) : nil
                     for i in reservations.indices {
                         let r = reservations[i]
-                        if let error = try Self.refusal(db, &reservations[i]) ?? batch.refusal(r) {
+                        let isNew =
+                            known.map {
+                                !r.reissue && !$0.cns.contains(r.cn) && !$0.keys.contains(r.publicKeySHA256)
+                            } ?? false
+                        if let error = try (isNew ? nil : Self.refusal(db, &reservations[i])) ?? batch.refusal(r) {
                             guard each else {
                                 refusal = (r, error)
                                 return .rollback
@@ -242,15 +249,19 @@ public final class SQLiteLedger: Ledger {
                     let accepted = reservations.indices.filter { refused[$0] == nil }.map { reservations[$0] }
                     try SliceSigner.signing(accepted, signAll) { next in
                         var head = try Self.head(db)
+                        var eventHead = try Self.eventHead(db)
                         for (i, r) in reservations.enumerated() {
                             if let error = refused[i] {
-                                try Self.insertEvent(db, r.refusedEvent(error, stationID: stationID))
+                                let event = try Self.insertEvent(
+                                    db, r.refusedEvent(error, stationID: stationID), after: eventHead)
+                                eventHead = (event.seq, event.hash)
                                 out.append(.failure(error))
                                 continue
                             }
                             let record = try LedgerRecord.issued(next(), for: r, after: head)
                             try Self.insert(db, record)
-                            try Self.insertEvent(db, record.issuedEvent)
+                            let event = try Self.insertEvent(db, record.issuedEvent, after: eventHead)
+                            eventHead = (event.seq, event.hash)
                             head = (record.seq, record.hash)
                             out.append(.success(record))
                         }
@@ -620,6 +631,35 @@ public final class SQLiteLedger: Ledger {
         return (0, LedgerRecord.genesisHash)
     }
 
+    /// Groups at least this large look their CNs and keys up in bulk (``known(_:_:)``).
+    static let lookupInBulk = 16
+
+    /// Which of the reservations' CNs and public keys the ledger already holds: two statements per 500
+    /// reservations, where one lookup each cost two statements per reservation.
+    private static func known(
+        _ db: Database, _ reservations: [Reservation]
+    ) throws -> (
+        cns: Set<String>, keys: Set<String>
+    ) {
+        var cns = Set<String>()
+        var keys = Set<String>()
+        var start = 0
+        while start < reservations.count {
+            let slice = reservations[start..<min(start + 500, reservations.count)]
+            let marks = Array(repeating: "?", count: slice.count).joined(separator: ",")
+            cns.formUnion(
+                try String.fetchAll(
+                    db, sql: "SELECT cn FROM records WHERE cn IN (\(marks))",
+                    arguments: StatementArguments(slice.map(\.cn))))
+            keys.formUnion(
+                try String.fetchAll(
+                    db, sql: "SELECT pubkey_sha256 FROM records WHERE pubkey_sha256 IN (\(marks))",
+                    arguments: StatementArguments(slice.map(\.publicKeySHA256))))
+            start += slice.count
+        }
+        return (cns, keys)
+    }
+
     private static func refusal(_ db: Database, _ r: inout Reservation) throws -> KeylineError? {
         let latest = try Row.fetchOne(db.cachedStatement(sql: latestByCN), arguments: [r.cn]).map(record)
         if let error = r.cnRefusal(latest: latest) { return error }
@@ -653,11 +693,24 @@ public final class SQLiteLedger: Ledger {
             ])
     }
 
+    /// The last event's sequence number and hash (0 and the genesis hash when there is none).
+    private static func eventHead(_ db: Database) throws -> (seq: Int64, hash: String) {
+        if let row = try Row.fetchOne(
+            db.cachedStatement(sql: "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"))
+        {
+            return (row[0], row[1])
+        }
+        return (0, LedgerRecord.genesisHash)
+    }
+
+    /// Appends an event after `head` (read from the ledger when not given; a transaction that appends several
+    /// carries it from one to the next).
     @discardableResult
-    private static func insertEvent(_ db: Database, _ content: EventContent) throws -> LedgerEvent {
-        let head = try Row.fetchOne(db.cachedStatement(sql: "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"))
-        let seq: Int64 = (head?[0] ?? 0) + 1
-        let prev: String = head?[1] ?? LedgerRecord.genesisHash
+    private static func insertEvent(
+        _ db: Database, _ content: EventContent, after head: (seq: Int64, hash: String)? = nil
+    ) throws -> LedgerEvent {
+        let (last, prev) = try head ?? eventHead(db)
+        let seq = last + 1
         let event = LedgerEvent(
             seq: seq, content: content, prevHash: prev,
             hash: ChainHash.event(seq: seq, prevHash: prev, content: content))
