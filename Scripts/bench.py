@@ -37,6 +37,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "bench" / "work"
+# keyline issue's default --chunk, passed explicitly so the command in BENCHMARKS.md says what was measured.
+BULK_CHUNK = 2000
 RESULTS = REPO / "bench" / "results.json"
 REPORT = REPO / "BENCHMARKS.md"
 STARTED = time.monotonic()
@@ -1205,7 +1207,7 @@ class Bench:
         out = out or WORK / "bulk" / ("out-1core" if one_core else "out-all")
         tv = WORK / "bulk" / f"time-{tag}.txt"
         argv = self.kl("issue", "--count", str(self.bulk_n), "--start", str(start), "--cn-template", "bulk-{seq:06}",
-                       "--chunk", "500", "--out", str(out), "--station", str(station))
+                       "--chunk", str(BULK_CHUNK), "--out", str(out), "--station", str(station))
         if one_core:
             argv = ["taskset", "-c", "0", *argv]
         argv = self.time_v(argv, tv)
@@ -1249,7 +1251,7 @@ class Bench:
                     shutil.rmtree(out, ignore_errors=True)
                 log(f"  keyline issue, {key.replace('_', ' ')}, files on tmpfs: {tmpfs[key]['per_sec']}/s "
                     f"(CPU {tmpfs[key].get('cpu_percent')}%)")
-        self.r["bulk"] = {"count": self.bulk_n, "chunk": 500, "cores": cores, "one_core": bulk1,
+        self.r["bulk"] = {"count": self.bulk_n, "chunk": BULK_CHUNK, "cores": cores, "one_core": bulk1,
                           "all_cores": bulkall, "raw_1core": raw1, "raw_all": rawall, "files_on_tmpfs": tmpfs,
                           "speedup_all_vs_1core": ratio(bulkall["per_sec"], bulk1["per_sec"]),
                           "raw_speedup_all_vs_1core": ratio(rawall["per_sec"], raw1["per_sec"])}
@@ -1500,6 +1502,10 @@ class Bench:
             partial = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                        "steps": sorted(self.only), "duration_seconds": round(duration, 1),
                        "command": "Scripts/bench " + " ".join(sys.argv[1:])}
+            # The machine table names the full run's commit; a partial run names its own.
+            machine = self.machine()
+            partial["commit"] = machine["git_commit"]
+            partial["keyline_binary_mtime"] = machine["keyline_binary_mtime"]
             # Earlier partial runs keep only the steps this one did not re-measure.
             kept = []
             for p in r.get("partial_runs", []):
@@ -1648,7 +1654,9 @@ class Bench:
                  "(full) or `Scripts/bench --quick`.\n")
         for run_ in r.get("partial_runs", []):
             cmd = run_.get("command") or f"Scripts/bench --only {','.join(run_['steps'])}"
-            L.append(f"Re-measured on {run_['date']} by `{cmd}` on the same machine, and still standing: "
+            at = (f" at commit {run_['commit']} (keyline binary built {run_['keyline_binary_mtime']})"
+                  if run_.get("commit") else "")
+            L.append(f"Re-measured on {run_['date']} by `{cmd}`{at} on the same machine, and still standing: "
                      f"{', '.join(run_['steps'])} (the other steps' figures are from the run above).\n")
         L.append("## Targets\n")
         L.append("| Target | Measured | Status |")
@@ -1795,7 +1803,7 @@ class Bench:
                              f"{f(t_.get('peak_rss_mb'))} | {f(b[raw_key]['per_sec'])} | "
                              f"{f(ratio(t_['per_sec'], b[raw_key]['per_sec']), 3)} |")
             L.append("")
-            L.append(f"{f(b['count'])} certificates per run, chunk 500. All cores vs one core: keyline "
+            L.append(f"{f(b['count'])} certificates per run, chunk {f(b.get('chunk', 500))}. All cores vs one core: keyline "
                      f"{f(b['speedup_all_vs_1core'], 2)}×, raw {f(b['raw_speedup_all_vs_1core'], 2)}×. Each "
                      "certificate is three new files in the batch directory (`CN.key`, staged as `CN.key.partial` "
                      "before the commit, `CN.pem`, `CN.chain.pem`); the kernel creates files in one directory one "

@@ -39,7 +39,12 @@ struct IssueCommand: AsyncParsableCommand {
     @Option(name: .long, help: "CN template with {seq} or {seq:0N}, e.g. 'SN-{seq:06}'.") var cnTemplate: String?
     @Option(name: .long, help: "First sequence number for --cn-template.") var start: Int = 1
     @Option(name: .long, help: ArgumentHelp("Output directory.", valueName: "DIR")) var out: String
-    @Option(name: .long, help: "Certificates committed per transaction.") var chunk: Int = 500
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Certificates committed per transaction (1-10000). Each commit rewrites the index pages its records touch; fewer, larger commits write fewer pages per certificate.",
+            valueName: "N"))
+    var chunk: Int = 2000
     @Option(
         name: .long, help: "Work order recorded with each certificate (manifest devices --work-order selects by it).")
     var workOrder: String?
