@@ -217,7 +217,8 @@ public protocol Ledger: Sendable {
     /// (against the ledger and against each other) before `signAll` is first called; it returns the contents of the
     /// reservations it is given, in the same order, and may sign them in parallel. A backend calls it once with all
     /// of them, or (SQLite, for a large group) once per consecutive slice, in order, on a thread of its own while it
-    /// inserts the slices before: never two calls at once, and every call returns before this does.
+    /// inserts the slices before: never two calls at once, and every call returns before this does. So `signAll`
+    /// must not rely on the calling task (task-locals, actor isolation).
     func issueBatch(
         _ reservations: [Reservation], signAll: ([Reservation]) throws -> [RecordContent]
     ) async throws -> [LedgerRecord]

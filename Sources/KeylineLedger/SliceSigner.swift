@@ -120,6 +120,8 @@ enum SliceSigner {
         func slice(_ index: Int) throws -> [RecordContent] {
             condition.lock()
             defer { condition.unlock() }
+            // Once a slice failed, the transaction will roll back: the writer stops at once.
+            if let failure { throw failure }
             while done.count <= index {
                 if let failure { throw failure }
                 if finished || index >= ranges.count { throw SliceSigner.miscount(accepted.count + 1, accepted.count) }

@@ -39,10 +39,10 @@ public enum Parallel {
             try await withCheckedThrowingContinuation { continuation in
                 let thread = Thread {
                     #if os(Linux)
-                        // SCHED_IDLE (5; glibc declares it only under _GNU_SOURCE): this thread runs only on a core
-                        // nothing else wants.
-                        var parameters = sched_param()
-                        _ = pthread_setschedparam(pthread_self(), 5, &parameters)
+                        // On Linux the nice value belongs to the thread, and `who` 0 is the calling one. Nice 10
+                        // weighs about a tenth of a normal thread, so the work still moves when other processes
+                        // keep every core busy (SCHED_IDLE would all but stop it then).
+                        _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, 10)
                     #endif
                     continuation.resume(with: Result { try body() })
                 }

@@ -157,7 +157,18 @@ struct IssueCommand: AsyncParsableCommand {
                             keys.map { Issuer.Request(cn: $0.cn, publicKey: Certificate.PublicKey($0.key.publicKey)) },
                             origin: .station, workOrder: workOrder, reissue: reissue)
                     } catch {
-                        batch.unstage(slice)
+                        // Normally nothing of the chunk committed; but a commit whose outcome is unknown (an I/O
+                        // error) or an error after it may leave records whose keys are only here: those stay, and
+                        // a rerun completes them. When the ledger cannot be asked, every key stays.
+                        if let held = try? await station.ledger.records(cns: slice) {
+                            let committed = Set(
+                                keys.filter {
+                                    held[$0.cn]?.content.publicKeySHA256
+                                        == CertificateFactory.publicKeyFingerprint(
+                                            Certificate.PublicKey($0.key.publicKey))
+                                }.map(\.cn))
+                            batch.unstage(slice.filter { !committed.contains($0) })
+                        }
                         throw error
                     }
                     try await writing?.value

@@ -67,6 +67,33 @@ struct ReissueContractTests {
         await #expect(throws: KeylineError.refused("reissue", "")) { try await ledger.issue(third, sign: reissued) }
     }
 
+    @Test(
+        "a large group (SQLite looks it up in bulk) judges a re-issue, a repeated CN and a revoked record's key as one by one",
+        arguments: Backend.allCases)
+    func largeGroupVerdicts(_ backend: Backend) async throws {
+        let ledger = try await backend.make()
+        let old = try await issue(ledger, "old-1")
+        let gone = try await issue(ledger, "gone-1", key: "gone-key")
+        _ = try await ledger.transition(recordSeq: old.seq, to: .revoked, event: revokeEvent(old))
+        _ = try await ledger.transition(recordSeq: gone.seq, to: .revoked, event: revokeEvent(gone))
+        var group = (1...20).map { reservation("new-\($0)") }
+        var again = reservation("old-1", key: "old-key-2")
+        again.reissue = true
+        group[3] = again
+        group[7] = reservation("new-1", key: "other")  // the group's first CN again
+        group[11] = reservation("new-12b", key: "gone-key")  // revoked, but its key stays taken
+        let results = try await ledger.issueEach(group) { r in r.map { $0.reissue ? reissued($0) : content($0) } }
+        let rules = results.enumerated().compactMap { i, result -> String? in
+            if case .failure(let e) = result { return "\(i):\(e.rule ?? "")" }
+            return nil
+        }
+        #expect(rules == ["7:unique-cn", "11:unique-public-key"])
+        let reissuedRecord = try results[3].get()
+        #expect(reissuedRecord.content.cn == "old-1" && reissuedRecord.content.reissueOf == old.seq)
+        #expect(try await ledger.count() == 20)
+        #expect(try await ledger.verify().isIntact)
+    }
+
     @Test("reissue of a CN never issued is refused", arguments: Backend.allCases)
     func reissueUnknown(_ backend: Backend) async throws {
         let ledger = try await backend.make()

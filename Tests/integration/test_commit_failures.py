@@ -168,7 +168,8 @@ def test_killed_batch_resumes_without_losing_keys_or_doubling_cns(station, tmp_p
 def test_batch_failing_mid_run_leaves_only_keys_of_committed_chunks(station, tmp_path):
     """The next chunk's keys are staged while a chunk commits; when that commit fails, neither chunk leaves a key."""
     out = tmp_path / "batch"
-    args = ["issue", "--count", "2000", "--cn-template", "L-{seq:04}", "--chunk", "50", "--out", out]
+    # Large enough that the batch is still running when the test takes the lock (about 100 records in).
+    args = ["issue", "--count", "4000", "--cn-template", "L-{seq:04}", "--chunk", "50", "--out", out]
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYLINE_")}
     env["KEYLINE_STATION"] = str(station.path)
     from conftest import KEYLINE_BIN  # the per-session copy
@@ -195,7 +196,7 @@ def test_batch_failing_mid_run_leaves_only_keys_of_committed_chunks(station, tmp
     assert p.returncode == EXIT_TEMPFAIL, err.decode()
     assert "locked" in err.decode()
     committed = station.records_count()
-    assert 100 <= committed < 2000
+    assert 100 <= committed < 4000
     assert committed % 50 == 0, "chunks commit whole"
     in_ledger = {row[0] for row in sqlite3.connect(str(station.ledger_path)).execute("SELECT cn FROM records")}
     on_disk = {f.name.split(".")[0] for f in out.iterdir() if f.name.endswith((".key", ".key.partial"))}
@@ -205,6 +206,6 @@ def test_batch_failing_mid_run_leaves_only_keys_of_committed_chunks(station, tmp
 
     r = station.run(*args)
     assert_exit(r, EXIT_OK)
-    assert station.records_count() == 2000
-    assert len(list(out.glob("*.key"))) == 2000
+    assert station.records_count() == 4000
+    assert len(list(out.glob("*.key"))) == 4000
     assert_exit(station.run("ledger", "verify"), EXIT_OK)
