@@ -119,25 +119,29 @@ def test_missing_ledger_is_unavailable(station, tmp_path):
     assert "ledger not found" in assert_one_line_error(r)
 
 
-def test_killed_batch_resumes_without_losing_keys_or_doubling_cns(station, tmp_path):
-    out = tmp_path / "batch"
-    args = ["issue", "--count", "600", "--cn-template", "K-{seq:04}", "--chunk", "50", "--out", out]
+def start_batch_until(station, args, records: int) -> subprocess.Popen:
+    """Starts `keyline issue` in the background and returns once the ledger holds `records` (or the batch ended)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYLINE_")}
     env["KEYLINE_STATION"] = str(station.path)
     from conftest import KEYLINE_BIN  # the per-session copy
 
     p = subprocess.Popen([str(KEYLINE_BIN), *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + KEYLINE_TIMEOUT
-    # Kill it once at least two chunks are committed, mid-run.
-    while time.monotonic() < deadline:
-        if p.poll() is not None:
-            break
+    while time.monotonic() < deadline and p.poll() is None:
         try:
-            if station.records_count() >= 100:
+            if station.records_count() >= records:
                 break
         except sqlite3.OperationalError:
             pass
-        time.sleep(0.02)
+        time.sleep(0.01)
+    return p
+
+
+def test_killed_batch_resumes_without_losing_keys_or_doubling_cns(station, tmp_path):
+    out = tmp_path / "batch"
+    args = ["issue", "--count", "600", "--cn-template", "K-{seq:04}", "--chunk", "50", "--out", out]
+    # Kill it once at least two chunks are committed, mid-run.
+    p = start_batch_until(station, args, 100)
     if p.poll() is not None:
         pytest.fail("the batch finished before it could be interrupted; make it larger")
     p.send_signal(signal.SIGKILL)
@@ -170,19 +174,7 @@ def test_batch_failing_mid_run_leaves_only_keys_of_committed_chunks(station, tmp
     out = tmp_path / "batch"
     # Large enough that the batch is still running when the test takes the lock (about 100 records in).
     args = ["issue", "--count", "4000", "--cn-template", "L-{seq:04}", "--chunk", "50", "--out", out]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYLINE_")}
-    env["KEYLINE_STATION"] = str(station.path)
-    from conftest import KEYLINE_BIN  # the per-session copy
-
-    p = subprocess.Popen([str(KEYLINE_BIN), *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + KEYLINE_TIMEOUT
-    while time.monotonic() < deadline and p.poll() is None:
-        try:
-            if station.records_count() >= 100:
-                break
-        except sqlite3.OperationalError:
-            pass
-        time.sleep(0.01)
+    p = start_batch_until(station, args, 100)
     if p.poll() is not None:
         pytest.fail("the batch finished before the ledger could be locked; make it larger")
     # Take the write lock between two commits and keep it until the batch gives up (its busy timeout is 5 s).
