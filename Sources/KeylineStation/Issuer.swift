@@ -127,18 +127,24 @@ public struct Issuer: Sendable {
         }
         let reservations = reservations(for: requests, reissue: reissue)
         var signing = Signing(requests: requests, reservations: reservations)
-        let records = try await station.ledger.issueEach(reservations) { reserved in
-            try signing.sign(reserved) { r, request in
-                try makeContent(
-                    r, publicKey: request.publicKey, origin: origin, hardwareID: request.hardwareID,
-                    workOrder: workOrder, at: at, validity: validity)
-            }
-        }
+        let make = contentMaker(origin: origin, workOrder: workOrder, at: at, validity: validity)
+        let records = try await station.ledger.issueEach(reservations) { try signing.sign($0, make) }
         return try records.map { result in
             switch result {
             case .failure(let error): return .failure(error)
             case .success(let record): return .success(try signing.issued(record))
             }
+        }
+    }
+
+    /// Builds and signs one reserved request's certificate and record content, for ``Signing/sign(_:_:)``.
+    private func contentMaker(
+        origin: KeyOrigin, workOrder: String?, at: Date, validity: (notBefore: Date, notAfter: Date)
+    ) -> @Sendable (Reservation, Request) throws -> (content: RecordContent, certificate: Certificate, pem: String) {
+        { r, request in
+            try makeContent(
+                r, publicKey: request.publicKey, origin: origin, hardwareID: request.hardwareID, workOrder: workOrder,
+                at: at, validity: validity)
         }
     }
 
@@ -239,14 +245,9 @@ public struct Issuer: Sendable {
         }
         let reservations = reservations(for: requests, reissue: reissue)
         var signing = Signing(requests: requests, reservations: reservations)
-        let records = try await station.ledger.issueBatch(reservations) { reserved in
-            // Reserved, in request order (all at once or in slices): signed on every core, each with its own serial.
-            try signing.sign(reserved) { r, request in
-                try makeContent(
-                    r, publicKey: request.publicKey, origin: origin, hardwareID: request.hardwareID,
-                    workOrder: workOrder, at: at, validity: validity)
-            }
-        }
+        // Reserved, in request order (all at once or in slices): signed on every core, each with its own serial.
+        let make = contentMaker(origin: origin, workOrder: workOrder, at: at, validity: validity)
+        let records = try await station.ledger.issueBatch(reservations) { try signing.sign($0, make) }
         return try records.map { try signing.issued($0) }
     }
 
