@@ -42,7 +42,7 @@ struct IssueCommand: AsyncParsableCommand {
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "Certificates committed per transaction (1-10000). Each commit rewrites the index pages its records touch; fewer, larger commits write fewer pages per certificate.",
+            "Most certificates committed per transaction (1-10000). Each commit rewrites the index pages its records touch; fewer, larger commits write fewer pages per certificate. A large batch starts and ends with smaller commits (250, 500, ... up to N), so the key files staged before the first commit and the files written after the last take little time.",
             valueName: "N"))
     var chunk: Int = 2000
     @Option(
@@ -130,9 +130,15 @@ struct IssueCommand: AsyncParsableCommand {
             if skipped > 0 { Console.note("resuming: \(skipped) already issued in \(out), \(todo.count) to go") }
 
             let progress = Progress(total: names.count, done: skipped)
-            let slices = stride(from: 0, to: todo.count, by: chunk).map {
-                Array(todo[$0..<min($0 + chunk, todo.count)])
+            var slices: [[String]] = []
+            var first = 0
+            for size in ChunkPlan.sizes(total: todo.count, chunk: chunk) {
+                slices.append(Array(todo[first..<(first + size)]))
+                first += size
             }
+            // index.csv is built from what this run knows (the records found above and those it commits), so the
+            // ledger is not read a second time at the end.
+            var index = known.mapValues { BatchWriter.indexLine($0.content) }
             // The next chunk's keys are made and staged on a thread behind this chunk's signing and commit.
             var ahead = slices.first.map { (slice: $0, keys: Self.prepare($0, with: batch)) }
             // A committed chunk's files are written on another thread while the next chunk is staged, signed and
@@ -171,6 +177,7 @@ struct IssueCommand: AsyncParsableCommand {
                         }
                         throw error
                     }
+                    for item in issued { index[item.record.content.cn] = BatchWriter.indexLine(item.record.content) }
                     try await writing?.value
                     writing = Self.complete(issued, with: batch)
                     progress.advance(by: slice.count)
@@ -188,7 +195,7 @@ struct IssueCommand: AsyncParsableCommand {
             }
             progress.finish()
             try SafeFile.syncFileSystem(of: out)
-            try await batch.writeIndex(names: names, ledger: station.ledger)
+            try batch.writeIndex(names: names, lines: index)
             Console.note("issued \(todo.count), skipped \(skipped), in \(out)")
         }
     }
@@ -279,15 +286,16 @@ struct BatchWriter: Sendable {
         return true
     }
 
-    /// index.csv for every CN of the batch, from the ledger (so a resumed batch lists everything).
-    func writeIndex(names: [String], ledger: any KeylineLedger.Ledger) async throws {
+    /// index.csv's line for one record.
+    static func indexLine(_ r: RecordContent) -> String {
+        "\(r.cn),\(r.serialHex),\(r.certificateFingerprint),\(Timestamp.iso(r.notAfter)),\(r.cn).key,\(r.cn).pem\n"
+    }
+
+    /// index.csv for every CN of the batch in the order given, from each CN's latest record (so a resumed batch
+    /// lists everything).
+    func writeIndex(names: [String], lines: [String: String]) throws {
         var csv = "cn,serial,fingerprint,not_after,key_file,cert_file\n"
-        let records = try await ledger.records(cns: names)
-        for cn in names {
-            guard let r = records[cn] else { continue }
-            csv +=
-                "\(cn),\(r.content.serialHex),\(r.content.certificateFingerprint),\(Timestamp.iso(r.content.notAfter)),\(cn).key,\(cn).pem\n"
-        }
+        for cn in names { if let line = lines[cn] { csv += line } }
         try SafeFile.write(csv, to: (directory as NSString).appendingPathComponent("index.csv"))
     }
 }

@@ -24,6 +24,7 @@ from conftest import (
     KEYLINE_TIMEOUT,
     assert_exit,
     assert_one_line_error,
+    cert_fingerprint,
     init_station,
     load_cert,
     openssl,
@@ -166,15 +167,22 @@ def test_killed_batch_resumes_without_losing_keys_or_doubling_cns(station, tmp_p
         cert = load_cert(out / f"{cn}.pem")
         assert spki_der(key.public_key()) == spki_der(cert.public_key()), cn
         assert oct((out / f"{cn}.key").stat().st_mode & 0o777) == "0o600"
+    # index.csv describes each certificate on disk, whether this run or the killed one issued it.
+    for row in rows[1:]:
+        cn, serial, fingerprint = row.split(",")[:3]
+        cert = load_cert(out / f"{cn}.pem")
+        assert (int(serial, 16), fingerprint) == (cert.serial_number, cert_fingerprint(cert)), cn
     assert_exit(station.run("ledger", "verify"), EXIT_OK)
 
 
 def test_batch_failing_mid_run_leaves_only_keys_of_committed_chunks(station, tmp_path):
     """The next chunk's keys are staged while a chunk commits; when that commit fails, neither chunk leaves a key."""
     out = tmp_path / "batch"
-    # Large enough that the batch is still running when the test takes the lock (about 100 records in).
-    args = ["issue", "--count", "4000", "--cn-template", "L-{seq:04}", "--chunk", "50", "--out", out]
-    p = start_batch_until(station, args, 100)
+    # Large enough that the batch is still running when the test takes the lock (after its first commit).
+    args = ["issue", "--count", "4000", "--cn-template", "L-{seq:04}", "--chunk", "1000", "--out", out]
+    # Chunks of at most 1,000 ramp up and down (ChunkPlan): 250, 500, 834, 833, 833, 500, 250.
+    commits = [250, 500, 834, 833, 833, 500, 250]
+    p = start_batch_until(station, args, 250)
     if p.poll() is not None:
         pytest.fail("the batch finished before the ledger could be locked; make it larger")
     # Take the write lock between two commits and keep it until the batch gives up (its busy timeout is 5 s).
@@ -188,8 +196,8 @@ def test_batch_failing_mid_run_leaves_only_keys_of_committed_chunks(station, tmp
     assert p.returncode == EXIT_TEMPFAIL, err.decode()
     assert "locked" in err.decode()
     committed = station.records_count()
-    assert 100 <= committed < 4000
-    assert committed % 50 == 0, "chunks commit whole"
+    assert 250 <= committed < 4000
+    assert committed in {sum(commits[:n]) for n in range(1, len(commits))}, f"{committed}: chunks commit whole"
     in_ledger = {row[0] for row in sqlite3.connect(str(station.ledger_path)).execute("SELECT cn FROM records")}
     on_disk = {f.name.split(".")[0] for f in out.iterdir() if f.name.endswith((".key", ".key.partial"))}
     # The chunk that failed and the one staged behind it took their keys back.
