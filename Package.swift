@@ -132,7 +132,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "keyline-rawbench",
-            dependencies: ["KeylineCore", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["KeylineCore", "KeylineCustody", .product(name: "Crypto", package: "swift-crypto")]
         ),
         .testTarget(
             name: "KeylineCoreTests",
