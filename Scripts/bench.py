@@ -1840,11 +1840,11 @@ class Bench:
             L.append("| Run | Certificates/s | CPU % | Machine busy % | Peak RSS MB | Raw limit ops/s | Ratio to raw |")
             L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
             L.append(f"| one core (taskset -c 0) | {f(b['one_core']['per_sec'])} | {b['one_core'].get('cpu_percent')} "
-                     f"| {b['one_core'].get('machine_busy_percent', '')} "
+                     f"| {b['one_core'].get('machine_busy_percent') or ''} "
                      f"| {f(b['one_core'].get('peak_rss_mb'))} | {f(b['raw_1core']['per_sec'])} | "
                      f"{f(r['bulk_ratio_vs_raw_limit'], 3)} |")
             L.append(f"| all {b['cores']} cores | {f(b['all_cores']['per_sec'])} | {b['all_cores'].get('cpu_percent')} "
-                     f"| {b['all_cores'].get('machine_busy_percent', '')} "
+                     f"| {b['all_cores'].get('machine_busy_percent') or ''} "
                      f"| {f(b['all_cores'].get('peak_rss_mb'))} | {f(b['raw_all']['per_sec'])} | "
                      f"{f(r['bulk_ratio_vs_raw_limit_all'], 3)} |")
             for key, label, raw_key in (("one_core", "one core, files on tmpfs", "raw_1core"),
@@ -1852,7 +1852,7 @@ class Bench:
                 t_ = (b.get("files_on_tmpfs") or {}).get(key)
                 if t_:
                     L.append(f"| {label} | {f(t_['per_sec'])} | {t_.get('cpu_percent')} | "
-                             f"{t_.get('machine_busy_percent', '')} | "
+                             f"{t_.get('machine_busy_percent') or ''} | "
                              f"{f(t_.get('peak_rss_mb'))} | {f(b[raw_key]['per_sec'])} | "
                              f"{f(ratio(t_['per_sec'], b[raw_key]['per_sec']), 3)} |")
             for key, label in (("raw_files_1core", "raw limit with the files, one core"),

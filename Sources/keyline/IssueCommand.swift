@@ -42,7 +42,7 @@ struct IssueCommand: AsyncParsableCommand {
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "Most certificates committed per transaction (1-10000). Each commit rewrites the index pages its records touch; fewer, larger commits write fewer pages per certificate. A large batch starts and ends with smaller commits (250, 500, ... up to N), so the key files staged before the first commit and the files written after the last take little time.",
+            "Most certificates committed per transaction (1-10000). Each commit rewrites the index pages its records touch; fewer, larger commits write fewer pages per certificate. A batch starts and ends with smaller commits (250, 500, ... up to N/2, as many as the batch can fill; none when N is below 500), so the key files staged before the first commit and the files written after the last take little time.",
             valueName: "N"))
     var chunk: Int = 2000
     @Option(

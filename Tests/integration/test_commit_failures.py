@@ -208,4 +208,11 @@ def test_batch_failing_mid_run_leaves_only_keys_of_committed_chunks(station, tmp
     assert_exit(r, EXIT_OK)
     assert station.records_count() == 4000
     assert len(list(out.glob("*.key"))) == 4000
+    # index.csv: the chunks committed before the lock (found in the ledger) and those of the rerun, in order.
+    rows = (out / "index.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[0] for row in rows] == [f"L-{i:04d}" for i in range(1, 4001)]
+    for row in rows[:: 7]:
+        cn, serial, fingerprint = row.split(",")[:3]
+        cert = load_cert(out / f"{cn}.pem")
+        assert (int(serial, 16), fingerprint) == (cert.serial_number, cert_fingerprint(cert)), cn
     assert_exit(station.run("ledger", "verify"), EXIT_OK)

@@ -149,6 +149,11 @@ def test_issue_reissue_for_station_made_keys(station: Station, tmp_path):
     issue(station, tmp_path / "b2", "gw-1", extra=["--reissue"])
     new_cert = load_cert(tmp_path / "b2" / "gw-1.pem")
     assert record(station, "gw-1")["record"]["fingerprint"] == cert_fingerprint(new_cert)
+    # index.csv lists the new certificate, not the revoked one the run found in the ledger first.
+    rows = (tmp_path / "b2" / "index.csv").read_text().splitlines()
+    assert len(rows) == 2
+    cn, serial, fingerprint = rows[1].split(",")[:3]
+    assert (cn, int(serial, 16), fingerprint) == ("gw-1", new_cert.serial_number, cert_fingerprint(new_cert))
     # gw-2 is not revoked: --reissue refuses it, naming the revoke command.
     r = station.run("issue", "gw-2", "--out", tmp_path / "b3", "--reissue")
     assert r.rc == EXIT_POLICY and "revoke it first" in r.err

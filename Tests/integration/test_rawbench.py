@@ -10,19 +10,20 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from conftest import REPO
+from conftest import KEYLINE_BIN
 
-RAWBENCH = Path(os.environ.get("KEYLINE_RAWBENCH_BIN") or REPO / ".build" / "debug" / "keyline-rawbench")
+# Built beside keyline (swift build builds every product).
+RAWBENCH = Path(os.environ.get("KEYLINE_RAWBENCH_BIN") or Path(KEYLINE_BIN).parent / "keyline-rawbench")
 
 
-def rawbench(*args) -> dict:
-    cp = subprocess.run([str(RAWBENCH), *map(str, args)], capture_output=True, timeout=120)
+def rawbench(*args, cwd=None) -> dict:
+    cp = subprocess.run([str(RAWBENCH), *map(str, args)], capture_output=True, timeout=120, cwd=cwd)
     assert cp.returncode == 0, cp.stderr.decode()
     return json.loads(cp.stdout.decode().strip().splitlines()[-1])
 
 
 def test_raw_limit_reports_its_ops(tmp_path):
-    r = rawbench("--threads", "2", "--seconds", "0.3")
+    r = rawbench("--threads", "2", "--seconds", "0.3", cwd=tmp_path)
     assert r["threads"] == 2 and r["ops"] > 0
     assert abs(r["per_sec"] - r["ops"] / r["seconds"]) < 0.1 * r["per_sec"]
     assert list(tmp_path.iterdir()) == [], "without --files nothing is written"
