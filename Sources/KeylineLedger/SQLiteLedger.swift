@@ -358,11 +358,7 @@ public final class SQLiteLedger: Ledger {
                 // through a cursor: a statement and a row copy per CN cost more than the lookups themselves.
                 var out: [String: LedgerRecord] = [:]
                 out.reserveCapacity(cns.count)
-                let unique = Array(Set(cns))
-                var start = 0
-                while start < unique.count {
-                    let slice = unique[start..<min(start + 500, unique.count)]
-                    let marks = Array(repeating: "?", count: slice.count).joined(separator: ",")
+                try Self.inSlices(Array(Set(cns))) { slice, marks in
                     let cursor = try Row.fetchCursor(
                         db, sql: "SELECT \(Self.recordColumns) FROM records WHERE cn IN (\(marks)) ORDER BY seq",
                         arguments: StatementArguments(Array(slice)))
@@ -370,7 +366,6 @@ public final class SQLiteLedger: Ledger {
                         let r = Self.record(row)
                         out[r.content.cn] = r
                     }
-                    start += slice.count
                 }
                 return out
             }
@@ -382,16 +377,11 @@ public final class SQLiteLedger: Ledger {
             try dbQueue.read { db in
                 var out: [LedgerRecord] = []
                 out.reserveCapacity(seqs.count)
-                let sorted = Array(Set(seqs)).sorted()
-                var start = 0
-                while start < sorted.count {
-                    let slice = sorted[start..<min(start + 500, sorted.count)]
-                    let marks = Array(repeating: "?", count: slice.count).joined(separator: ",")
+                try Self.inSlices(Array(Set(seqs)).sorted()) { slice, marks in
                     let cursor = try Row.fetchCursor(
                         db, sql: "SELECT \(Self.recordColumns) FROM records WHERE seq IN (\(marks)) ORDER BY seq",
                         arguments: StatementArguments(Array(slice)))
                     while let row = try cursor.next() { out.append(Self.record(row)) }
-                    start += slice.count
                 }
                 return out
             }
@@ -643,10 +633,7 @@ public final class SQLiteLedger: Ledger {
     ) {
         var cns = Set<String>()
         var keys = Set<String>()
-        var start = 0
-        while start < reservations.count {
-            let slice = reservations[start..<min(start + 500, reservations.count)]
-            let marks = Array(repeating: "?", count: slice.count).joined(separator: ",")
+        try inSlices(reservations) { slice, marks in
             cns.formUnion(
                 try String.fetchAll(
                     db, sql: "SELECT cn FROM records WHERE cn IN (\(marks))",
@@ -655,9 +642,19 @@ public final class SQLiteLedger: Ledger {
                 try String.fetchAll(
                     db, sql: "SELECT pubkey_sha256 FROM records WHERE pubkey_sha256 IN (\(marks))",
                     arguments: StatementArguments(slice.map(\.publicKeySHA256))))
-            start += slice.count
         }
         return (cns, keys)
+    }
+
+    /// Calls `body` once per slice of at most 500 values, with the slice's placeholders (`?,?,…`) for an `IN`
+    /// list: a few statements cost less than one per value, and 500 stays far below SQLite's parameter limit.
+    private static func inSlices<T>(_ values: [T], _ body: (ArraySlice<T>, String) throws -> Void) rethrows {
+        var start = 0
+        while start < values.count {
+            let slice = values[start..<min(start + 500, values.count)]
+            try body(slice, Array(repeating: "?", count: slice.count).joined(separator: ","))
+            start += slice.count
+        }
     }
 
     private static func refusal(_ db: Database, _ r: inout Reservation) throws -> KeylineError? {
