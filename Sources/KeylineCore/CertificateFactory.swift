@@ -25,6 +25,47 @@ public enum CertificateFactory {
         Array(Insecure.SHA1.hash(data: Array(key.subjectPublicKeyInfoBytes)))
     }
 
+    /// The RFC 5280 method-1 key identifier from a SubjectPublicKeyInfo's DER (``spkiDER(_:)``): the same value as
+    /// ``keyIdentifier(of:)``, without encoding the key again.
+    public static func keyIdentifier(spki: [UInt8]) throws -> [UInt8] {
+        Array(Insecure.SHA1.hash(data: try subjectPublicKeyBits(spki: spki)))
+    }
+
+    /// The subjectPublicKey BIT STRING's contents of a SubjectPublicKeyInfo DER (for an EC key, its X9.63 point).
+    public static func subjectPublicKeyBits(spki: [UInt8]) throws -> [UInt8] {
+        try DER.sequence(DER.parse(spki), identifier: .sequence) { nodes in
+            guard nodes.next() != nil else {
+                throw KeylineError(.dataError, "SubjectPublicKeyInfo without an algorithm")
+            }
+            let bits = try ASN1BitString(derEncoded: &nodes)
+            guard bits.paddingBits == 0 else {
+                throw KeylineError(.dataError, "SubjectPublicKeyInfo key with padding bits")
+            }
+            return Array(bits.bytes)
+        }
+    }
+
+    /// A P-256 private key's PKCS #8 DER (RFC 5208, with the RFC 5915 ECPrivateKey inside, its public key included
+    /// and its curve named only in the outer algorithm), byte for byte what `P256.Signing.PrivateKey`'s
+    /// `derRepresentation` gives, from the 32-byte scalar and the X9.63 point already at hand: computing the point's
+    /// encoding again costs a field inversion.
+    public static func pkcs8P256(scalar: [UInt8], x963: [UInt8]) throws -> [UInt8] {
+        guard scalar.count == 32, x963.count == 65, x963[0] == 0x04 else {
+            throw KeylineError(.internalError, "a P-256 key needs a 32-byte scalar and a 65-byte uncompressed point")
+        }
+        var der: [UInt8] = [
+            0x30, 0x81, 0x87, 0x02, 0x01, 0x00,  // PrivateKeyInfo, version 0
+            0x30, 0x13, 0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01,  // id-ecPublicKey
+            0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07,  // prime256v1
+            0x04, 0x6D, 0x30, 0x6B, 0x02, 0x01, 0x01, 0x04, 0x20,  // ECPrivateKey, version 1, privateKey
+        ]
+        der.reserveCapacity(138)
+        der += scalar
+        der += [0xA1, 0x44, 0x03, 0x42, 0x00]  // [1] publicKey BIT STRING
+        der += x963
+        return der
+    }
+
     /// The DER of the whole SubjectPublicKeyInfo.
     public static func spkiDER(_ key: Certificate.PublicKey) -> [UInt8] {
         var serializer = DER.Serializer()
@@ -35,7 +76,12 @@ public enum CertificateFactory {
 
     /// SHA-256 of the SubjectPublicKeyInfo DER, upper-case hex: the ledger's public-key identity.
     public static func publicKeyFingerprint(_ key: Certificate.PublicKey) -> String {
-        Hex.sha256(spkiDER(key))
+        publicKeyFingerprint(spki: spkiDER(key))
+    }
+
+    /// ``publicKeyFingerprint(_:)`` of a SubjectPublicKeyInfo DER already made.
+    public static func publicKeyFingerprint(spki: [UInt8]) -> String {
+        Hex.sha256(spki)
     }
 
     /// The AKI key identifier of a DER certificate, upper-case hex (nil when it has none).
@@ -97,6 +143,8 @@ public enum CertificateFactory {
     ///
     /// X.509 v3; keyUsage critical digitalSignature; extendedKeyUsage clientAuth; SKI; AKI = the CA's SKI; no
     /// basicConstraints (so no explicitly encoded default). The caller has already run the policy.
+    /// `subjectKeyIdentifier`, when given, must be ``keyIdentifier(of:)`` of `publicKey` (made once per key by
+    /// callers that hold its SubjectPublicKeyInfo anyway).
     public static func leaf(
         cn: String,
         publicKey: Certificate.PublicKey,
@@ -105,12 +153,14 @@ public enum CertificateFactory {
         signer: Certificate.PrivateKey,
         serial: Certificate.SerialNumber,
         notBefore: Date,
-        notAfter: Date
+        notAfter: Date,
+        subjectKeyIdentifier: [UInt8]? = nil
     ) throws -> Certificate {
+        let ski = try subjectKeyIdentifier ?? keyIdentifier(of: publicKey)
         let extensions = try Certificate.Extensions {
             Critical(KeyUsage(digitalSignature: true))
             try ExtendedKeyUsage([.clientAuth])
-            SubjectKeyIdentifier(keyIdentifier: ArraySlice(try keyIdentifier(of: publicKey)))
+            SubjectKeyIdentifier(keyIdentifier: ArraySlice(ski))
             AuthorityKeyIdentifier(keyIdentifier: ArraySlice(ca.subjectKeyIdentifier))
         }
         return try Certificate(

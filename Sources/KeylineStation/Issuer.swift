@@ -24,10 +24,7 @@ public struct Issuer: Sendable {
     public let operatorName: String
     /// The clock and the serial source, injectable for tests.
     public var now: @Sendable () -> Date = { Date() }
-    public var randomBytes: @Sendable (Int) -> [UInt8] = { n in
-        // BoringSSL's CSPRNG: one draw, where UInt8.random made one getrandom(2) call per byte.
-        SymmetricKey(size: SymmetricKeySize(bitCount: n * 8)).withUnsafeBytes { Array($0) }
-    }
+    public var randomBytes: @Sendable (Int) -> [UInt8] = { n in SystemRandom.bytes(n) }
 
     public init(station: Station, profile: Profile, loaded: LoadedCA, operatorName: String) throws {
         self.station = station
@@ -142,9 +139,7 @@ public struct Issuer: Sendable {
         origin: KeyOrigin, workOrder: String?, at: Date, validity: (notBefore: Date, notAfter: Date)
     ) -> @Sendable (Reservation, Request) throws -> (content: RecordContent, certificate: Certificate, pem: String) {
         { r, request in
-            try makeContent(
-                r, publicKey: request.publicKey, origin: origin, hardwareID: request.hardwareID, workOrder: workOrder,
-                at: at, validity: validity)
+            try makeContent(r, request, origin: origin, workOrder: workOrder, at: at, validity: validity)
         }
     }
 
@@ -209,15 +204,22 @@ public struct Issuer: Sendable {
 
     /// One certificate to issue: a CN and a public key that passed the policy.
     public struct Request: Sendable {
-        public var cn: String
-        public var publicKey: Certificate.PublicKey
+        public let cn: String
+        public let publicKey: Certificate.PublicKey
         public var hardwareID: String?
+        /// The key's SubjectPublicKeyInfo DER, encoded once here: its fingerprint and the certificate's subject key
+        /// identifier are taken from it (encoding a P-256 point costs a field inversion each time).
+        public let subjectPublicKeyInfo: [UInt8]
 
         public init(cn: String, publicKey: Certificate.PublicKey, hardwareID: String? = nil) {
             self.cn = cn
             self.publicKey = publicKey
             self.hardwareID = hardwareID
+            self.subjectPublicKeyInfo = CertificateFactory.spkiDER(publicKey)
         }
+
+        /// SHA-256 of ``subjectPublicKeyInfo``, the ledger's identity of the key.
+        public var publicKeySHA256: String { CertificateFactory.publicKeyFingerprint(spki: subjectPublicKeyInfo) }
     }
 
     /// Reserve → sign → commit one certificate for a public key that passed the policy.
@@ -262,26 +264,27 @@ public struct Issuer: Sendable {
     private func reservations(for requests: [Request], reissue: Bool) -> [Reservation] {
         requests.map {
             Reservation(
-                cn: $0.cn, publicKeySHA256: CertificateFactory.publicKeyFingerprint($0.publicKey),
+                cn: $0.cn, publicKeySHA256: $0.publicKeySHA256,
                 operatorName: operatorName, reissue: reissue)
         }
     }
 
     private func makeContent(
-        _ r: Reservation, publicKey: Certificate.PublicKey, origin: KeyOrigin, hardwareID: String?, workOrder: String?,
-        at: Date,
+        _ r: Reservation, _ request: Request, origin: KeyOrigin, workOrder: String?, at: Date,
         validity: (notBefore: Date, notAfter: Date)
     ) throws -> (content: RecordContent, certificate: Certificate, pem: String) {
         let serial = try CertificateFactory.serial(fromRandom: randomBytes(20))
         let cert = try CertificateFactory.leaf(
-            cn: r.cn, publicKey: publicKey, profile: profile, ca: loaded.ca, signer: loaded.signer, serial: serial,
-            notBefore: validity.notBefore, notAfter: validity.notAfter)
+            cn: r.cn, publicKey: request.publicKey, profile: profile, ca: loaded.ca, signer: loaded.signer,
+            serial: serial, notBefore: validity.notBefore, notAfter: validity.notAfter,
+            subjectKeyIdentifier: CertificateFactory.keyIdentifier(spki: request.subjectPublicKeyInfo))
         let der = try CertificateFactory.der(cert)
         var content = RecordContent(
             cn: r.cn, serialHex: Hex.upper(serial.bytes), certificateFingerprint: Hex.sha256(der),
             publicKeySHA256: r.publicKeySHA256, caFingerprint: loaded.ca.fingerprint, caName: loaded.ca.name,
             profile: profile.name, stationID: station.config.stationID, operatorName: operatorName, keyOrigin: origin,
-            hardwareID: hardwareID, workOrder: workOrder, notBefore: validity.notBefore, notAfter: validity.notAfter,
+            hardwareID: request.hardwareID, workOrder: workOrder, notBefore: validity.notBefore,
+            notAfter: validity.notAfter,
             certificateDER: der, createdAt: at, reissueOf: r.reissueOf)
         // The backend attributes are decided now, with the description rendered from this very record.
         content.attributes = DeviceManifestRow.attributes(for: content, profile: profile, template: descriptionTemplate)

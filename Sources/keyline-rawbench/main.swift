@@ -46,9 +46,9 @@ if let files {
 let fakeCA = PEM.encode(Array(tbs) + Array(tbs.prefix(60)), label: "CERTIFICATE")
 
 /// The three files of one device, in `keyline issue`'s order and with its calls.
-func writeFiles(_ dir: String, name: String, key: P256.Signing.PrivateKey, signature: Data, message: Data) throws {
+func writeFiles(_ dir: String, name: String, keyDER: [UInt8], signature: Data, message: Data) throws {
     let path = { (ext: String) in "\(dir)/\(name).\(ext)" }
-    let keyPEM = PEM.encode(Array(key.derRepresentation), label: "PRIVATE KEY")
+    let keyPEM = PEM.encode(keyDER, label: "PRIVATE KEY")
     try SafeFile.writeInPlace(Array((keyPEM + "\n").utf8), to: path("key.partial"), mode: 0o600)
     let pem = PEM.encode(Array(message.prefix(385)) + Array(signature), label: "CERTIFICATE")
     try SafeFile.writeInPlace(Array((pem + "\n").utf8), to: path("pem"))
@@ -64,14 +64,17 @@ let start = DispatchTime.now().uptimeNanoseconds
 DispatchQueue.concurrentPerform(iterations: threads) { thread in
     var n = 0
     while DispatchTime.now().uptimeNanoseconds < deadline {
-        let device = DeviceKeys.p256()  // as keyline issue and the daemon make them
+        let (device, scalar) = DeviceKeys.p256WithScalar()  // as keyline issue and the daemon make them
+        let x963 = device.publicKey.x963Representation
         var message = tbs
-        message.append(device.publicKey.x963Representation)
+        message.append(x963)
         let signature = try! issuer.signature(for: message)
         if let files = filesDir {
+            // The key's PKCS #8 as keyline issue encodes it, from the scalar and the point already made.
             try! writeFiles(
-                files, name: "raw-\(thread)-\(n)", key: device, signature: signature.derRepresentation,
-                message: message)
+                files, name: "raw-\(thread)-\(n)",
+                keyDER: CertificateFactory.pkcs8P256(scalar: scalar, x963: Array(x963)),
+                signature: signature.derRepresentation, message: message)
         }
         n += 1
     }

@@ -160,7 +160,7 @@ struct IssueCommand: AsyncParsableCommand {
                     let issued: [IssuedCertificate]
                     do {
                         issued = try await issuer.issueBatch(
-                            keys.map { Issuer.Request(cn: $0.cn, publicKey: Certificate.PublicKey($0.key.publicKey)) },
+                            keys.map(\.request),
                             origin: .station, workOrder: workOrder, reissue: reissue)
                     } catch {
                         // Normally nothing of the chunk committed; but a commit whose outcome is unknown (an I/O
@@ -169,9 +169,7 @@ struct IssueCommand: AsyncParsableCommand {
                         if let held = try? await station.ledger.records(cns: slice) {
                             let committed = Set(
                                 keys.filter {
-                                    held[$0.cn]?.content.publicKeySHA256
-                                        == CertificateFactory.publicKeyFingerprint(
-                                            Certificate.PublicKey($0.key.publicKey))
+                                    held[$0.cn]?.content.publicKeySHA256 == $0.request.publicKeySHA256
                                 }.map(\.cn))
                             batch.unstage(slice.filter { !committed.contains($0) })
                         }
@@ -205,7 +203,7 @@ extension IssueCommand {
     /// Makes one P-256 key per CN and stages them (``BatchWriter/stage(_:)``), on a thread behind the critical path.
     static func prepare(_ cns: [String], with batch: BatchWriter) -> Task<[StagedKey], Error> {
         Parallel.startBehind {
-            let keys = cns.map { StagedKey(cn: $0, key: DeviceKeys.p256()) }
+            let keys = try cns.map { try StagedKey(cn: $0) }
             try batch.stage(keys)
             return keys
         }
@@ -217,16 +215,21 @@ extension IssueCommand {
     }
 }
 
-/// A station-made key and its PEM (PKCS #8, as `pemRepresentation` gives it), made on the key-generation cores.
+/// A station-made key, its PEM (PKCS #8, as `pemRepresentation` gives it) and the request for its certificate,
+/// made on the key-generation cores.
 struct StagedKey: Sendable {
     let cn: String
-    let key: P256.Signing.PrivateKey
     let pem: String
+    let request: Issuer.Request
 
-    init(cn: String, key: P256.Signing.PrivateKey) {
+    /// A new P-256 key for `cn`. Its point is encoded once, for the request's SubjectPublicKeyInfo, and the PEM is
+    /// made from that and the scalar.
+    init(cn: String) throws {
+        let (key, scalar) = DeviceKeys.p256WithScalar()
         self.cn = cn
-        self.key = key
-        self.pem = PEM.encode(Array(key.derRepresentation), label: "PRIVATE KEY")
+        self.request = Issuer.Request(cn: cn, publicKey: Certificate.PublicKey(key.publicKey))
+        let x963 = try CertificateFactory.subjectPublicKeyBits(spki: request.subjectPublicKeyInfo)
+        self.pem = PEM.encode(try CertificateFactory.pkcs8P256(scalar: scalar, x963: x963), label: "PRIVATE KEY")
     }
 }
 

@@ -23,6 +23,7 @@ from conftest import (
     pem_certs,
     public_key_pem_of_cert,
     public_key_pem_of_key,
+    ski_of,
 )
 
 COUNT = 20
@@ -68,6 +69,9 @@ def test_batch_issue_writes_key_cert_chain_and_index(issued):
         assert public_key_pem_of_key(key) == public_key_pem_of_cert(pem), f"{cn}: key does not match certificate"
         leaf = load_cert(pem)
         assert leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == cn
+        # The SKI is taken from the key's SubjectPublicKeyInfo made once per key: pyca/cryptography's RFC 5280
+        # method 1 must agree.
+        assert ski_of(leaf) == x509.SubjectKeyIdentifier.from_public_key(leaf.public_key()).digest, cn
         assert pem_certs(chain.read_bytes()) == [leaf, ca, root], f"{cn}.chain.pem must be leaf + issuing CA + root"
 
     openssl_verify_client(st.root_pem, st.ca_pem, out / f"{CNS[0]}.pem")
