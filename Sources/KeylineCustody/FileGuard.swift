@@ -106,15 +106,38 @@ public enum SafeFile {
     /// fsync: for bulk output whose completeness another step vouches for (a batch's key rename, a later
     /// ``syncFileSystem(of:)``).
     public static func writeInPlace(_ bytes: [UInt8], to path: String, mode: mode_t = 0o644) throws {
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        // A file this call creates has `mode` already unless the umask took bits of it; then (and for a file that
+        // was there, which keeps its old mode) fchmod sets it. A batch writes three new files a device.
+        var fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
+        var created = fd >= 0
+        if fd < 0 && errno == EEXIST {
+            fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC)
+            created = false
+        }
         guard fd >= 0 else { throw ioError("cannot create \(path)") }
         defer { close(fd) }
-        try writeAll(fd, bytes, mode: mode, path: path)
+        try writeAll(fd, bytes, mode: created && umaskKeeps(mode) ? nil : mode, path: path)
     }
 
-    /// Sets `mode` on an open file and writes all of `bytes`, retrying short writes and EINTR.
-    private static func writeAll(_ fd: Int32, _ bytes: [UInt8], mode: mode_t, path: String) throws {
-        _ = fchmod(fd, mode)
+    /// The process's umask, read once from /proc/self/status (Linux 4.7 and later; nil elsewhere). Keyline never
+    /// changes its umask.
+    static let processUmask: mode_t? = {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Umask:") }),
+            let value = mode_t(line.dropFirst("Umask:".count).trimmingCharacters(in: .whitespaces), radix: 8)
+        else { return nil }
+        return value
+    }()
+
+    /// True when a file created with `mode` gets exactly `mode` under the process's umask.
+    static func umaskKeeps(_ mode: mode_t) -> Bool {
+        guard let mask = processUmask else { return false }
+        return mode & mask == 0
+    }
+
+    /// Sets `mode` (when given) on an open file and writes all of `bytes`, retrying short writes and EINTR.
+    private static func writeAll(_ fd: Int32, _ bytes: [UInt8], mode: mode_t?, path: String) throws {
+        if let mode { _ = fchmod(fd, mode) }
         var offset = 0
         while offset < bytes.count {
             let n = bytes[offset...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }

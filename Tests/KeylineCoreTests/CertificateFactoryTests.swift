@@ -185,6 +185,38 @@ struct ChainHashTests {
                 != ChainHash.record(seq: 1, prevHash: LedgerRecord.genesisHash, content: b))
     }
 
+    /// Hashes computed outside Swift (Python's hashlib over the documented layout: the tag and each field as a
+    /// 4-byte big-endian length and its UTF-8, absent as FF FF FF FF): a ledger written before a change must verify
+    /// after it.
+    @Test("record and event hashes are the documented layout's, byte for byte (values computed with Python's hashlib)")
+    func golden() {
+        #expect(
+            ChainHash.record(seq: 1, prevHash: LedgerRecord.genesisHash, content: Self.content())
+                == "D0EAF200478765A63809555413C1DA03C7AA13A55A4F3C295C5CA9AF45EADD1B")
+        var c = Self.content()
+        c.hardwareID = "hw-7"
+        c.workOrder = "wo-9"
+        c.attributes = DeviceAttributes(
+            description: "Device dev-1 — ünïcode", tags: ["a", "b"], productPRN: "prn:1:product",
+            cohortPRN: "prn:1:cohort", target: nil)
+        c.reissueOf = 42
+        #expect(
+            ChainHash.record(seq: 1, prevHash: LedgerRecord.genesisHash, content: c)
+                == "5DFA7302C71251C7EDB08A32D78C38803A5644EEF8CC80FE02C61400696DDCFC")
+        let refused = EventContent(
+            kind: .refused, recordSeq: nil, cn: "dev-1", detail: "unique-cn: taken", stationID: "st",
+            operatorName: "op",
+            at: TestPKI.now.addingTimeInterval(0.123))
+        #expect(
+            ChainHash.event(seq: 7, prevHash: LedgerRecord.genesisHash, content: refused)
+                == "C7288B773F785606D74275ABD9D553687F97D0CF5762D2C22B3B2675C09DAF2A")
+        let issued = EventContent(
+            kind: .issued, recordSeq: 3, cn: "dev-1", detail: "", stationID: "st", operatorName: "op", at: TestPKI.now)
+        #expect(
+            ChainHash.event(seq: 8, prevHash: String(repeating: "F", count: 64), content: issued)
+                == "42290B09DD4FA04B95388199C5EA9E78C44BB7D97A0EBCC9475FF385CC33030F")
+    }
+
     @Test("expected state follows the last state-changing event")
     func expectedState() {
         #expect(ChainHash.expectedState(after: [.issued]) == .issued)

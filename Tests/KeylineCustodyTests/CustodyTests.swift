@@ -107,6 +107,47 @@ struct SafeFileTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["f"], "no temporary file left behind")
     }
 
+    @Test(
+        "writeInPlace gives a new file exactly its mode, also one the umask would narrow, and an old file its new mode")
+    func inPlaceModes() throws {
+        let dir = try tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func mode(_ path: String) -> mode_t {
+            var st = stat()
+            _ = stat(path, &st)
+            return st.st_mode & 0o777
+        }
+        // 0666 loses group and other write under the usual umask (022): fchmod must still give 0666.
+        for wanted: mode_t in [0o600, 0o644, 0o640, 0o666] {
+            let path = "\(dir)/new-\(String(wanted, radix: 8))"
+            try SafeFile.writeInPlace(Array("k".utf8), to: path, mode: wanted)
+            #expect(mode(path) == wanted, "new file asked \(String(wanted, radix: 8))")
+        }
+        // A file that was there keeps no trace of its old mode or content.
+        let old = "\(dir)/old"
+        try writeFile(old, "a longer old content", mode: 0o644)
+        try SafeFile.writeInPlace(Array("new".utf8), to: old, mode: 0o600)
+        #expect(mode(old) == 0o600)
+        #expect(FileManager.default.contents(atPath: old) == Data("new".utf8))
+        #expect(throws: KeylineError.self) { try SafeFile.writeInPlace([1], to: "\(dir)/missing/f") }
+    }
+
+    @Test("the umask read from /proc/self/status is the process's, as a shell it starts reports it")
+    func umask() throws {
+        let p = Process()
+        let pipe = Pipe()
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        p.arguments = ["-c", "umask"]
+        p.standardOutput = pipe
+        try p.run()
+        p.waitUntilExit()
+        let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let shell = try #require(mode_t(text.trimmingCharacters(in: .whitespacesAndNewlines), radix: 8))
+        #expect(SafeFile.processUmask == shell)
+        #expect(SafeFile.umaskKeeps(0o600) == (shell & 0o600 == 0))
+        #expect(SafeFile.umaskKeeps(0o777) == (shell == 0))
+    }
+
     @Test("an unwritable place is an I/O error")
     func unwritable() {
         #expect(throws: KeylineError(.ioError, "")) { try SafeFile.write("x", to: "/proc/keyline-cannot-write") }
