@@ -31,17 +31,24 @@ public enum CertificateFactory {
         Array(Insecure.SHA1.hash(data: try subjectPublicKeyBits(spki: spki)))
     }
 
-    /// The subjectPublicKey BIT STRING's contents of a SubjectPublicKeyInfo DER (for an EC key, its X9.63 point).
+    /// The subjectPublicKey BIT STRING's contents of a SubjectPublicKeyInfo DER that Keyline made (``spkiDER(_:)``;
+    /// for an EC key, its X9.63 point). Anything else is an internal error.
     public static func subjectPublicKeyBits(spki: [UInt8]) throws -> [UInt8] {
-        try DER.sequence(DER.parse(spki), identifier: .sequence) { nodes in
-            guard nodes.next() != nil else {
-                throw KeylineError(.dataError, "SubjectPublicKeyInfo without an algorithm")
+        do {
+            return try DER.sequence(DER.parse(spki), identifier: .sequence) { nodes in
+                guard nodes.next() != nil else {
+                    throw KeylineError(.internalError, "a SubjectPublicKeyInfo without an algorithm")
+                }
+                let bits = try ASN1BitString(derEncoded: &nodes)
+                guard bits.paddingBits == 0 else {
+                    throw KeylineError(.internalError, "a SubjectPublicKeyInfo whose key has padding bits")
+                }
+                return Array(bits.bytes)
             }
-            let bits = try ASN1BitString(derEncoded: &nodes)
-            guard bits.paddingBits == 0 else {
-                throw KeylineError(.dataError, "SubjectPublicKeyInfo key with padding bits")
-            }
-            return Array(bits.bytes)
+        } catch let error as KeylineError {
+            throw error
+        } catch {
+            throw KeylineError(.internalError, "a SubjectPublicKeyInfo that is not DER: \(error)")
         }
     }
 
@@ -157,6 +164,8 @@ public enum CertificateFactory {
         subjectKeyIdentifier: [UInt8]? = nil
     ) throws -> Certificate {
         let ski = try subjectKeyIdentifier ?? keyIdentifier(of: publicKey)
+        // Debug builds (the tests) check a given identifier against the key itself.
+        assert(subjectKeyIdentifier == nil || (try? keyIdentifier(of: publicKey)) == ski, "SKI is not the key's")
         let extensions = try Certificate.Extensions {
             Critical(KeyUsage(digitalSignature: true))
             try ExtendedKeyUsage([.clientAuth])

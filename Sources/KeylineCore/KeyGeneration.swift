@@ -18,8 +18,8 @@ public enum SystemRandom {
             var filled = 0
             while filled < count {
                 let n = min(256, count - filled)
-                // It fails only without getrandom(2) in the kernel (Linux before 3.17), as Swift's own generator
-                // does; never hand out fewer random bytes than asked.
+                // It fails only without getrandom(2) (Linux before 3.17, or a seccomp filter refusing it), where
+                // Swift's own generator stops the process too; never hand out fewer random bytes than asked.
                 guard getentropy(buffer.baseAddress! + filled, n) == 0 else {
                     fatalError("getentropy(3) failed: errno \(errno)")
                 }
@@ -28,12 +28,17 @@ public enum SystemRandom {
         }
         return out
     }
+
+    /// Overwrites key material with zeros in a way the compiler keeps (explicit_bzero(3)).
+    public static func wipe(_ bytes: inout [UInt8]) {
+        bytes.withUnsafeMutableBytes { if let base = $0.baseAddress { explicit_bzero(base, $0.count) } }
+    }
 }
 
 /// Station-made device keys.
 public enum DeviceKeys {
-    /// A new P-256 key: a scalar of 32 bytes from the kernel's CSPRNG (``SystemRandom``; drawn again in the 2^-32 case that it is not
-    /// below the group order, or zero), and its public point computed from it.
+    /// A new P-256 key: a scalar of 32 bytes from the kernel's CSPRNG (``SystemRandom``; drawn again in the 2^-32
+    /// case that it is not below the group order, or zero), and its public point computed from it.
     ///
     /// `P256.Signing.PrivateKey()` does the same and then runs FIPS 140's pairwise consistency test (a full key check,
     /// a signature and its verification) on every key, and by default draws again until the key is
@@ -47,11 +52,13 @@ public enum DeviceKeys {
     }
 
     /// ``p256()`` and the 32-byte scalar it was made from (for encoding the key without computing its point's
-    /// encoding again; see ``CertificateFactory/pkcs8P256(scalar:x963:)``).
+    /// encoding again; see ``CertificateFactory/pkcs8P256(scalar:x963:)``). The scalar is the private key: the
+    /// caller wipes it (``SystemRandom/wipe(_:)``) once it is encoded.
     public static func p256WithScalar() -> (key: P256.Signing.PrivateKey, scalar: [UInt8]) {
         while true {
-            let scalar = SystemRandom.bytes(32)
+            var scalar = SystemRandom.bytes(32)
             if let key = try? P256.Signing.PrivateKey(rawRepresentation: scalar) { return (key, scalar) }
+            SystemRandom.wipe(&scalar)
         }
     }
 }

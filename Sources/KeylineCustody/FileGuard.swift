@@ -105,17 +105,36 @@ public enum SafeFile {
     /// Writes `bytes` to `path` in place (created or truncated, `mode` from creation), without a temporary file or
     /// fsync: for bulk output whose completeness another step vouches for (a batch's key rename, a later
     /// ``syncFileSystem(of:)``).
+    ///
+    /// A new file gets `mode` from open(2) when the umask takes no bit of it (a default ACL on the directory may
+    /// still narrow it, never widen it), else from fchmod. A file already there (a resumed batch rewrites its own)
+    /// must be a regular file, not a symbolic link, which could send a key elsewhere; it is truncated and given
+    /// `mode`, and a mode that cannot be set (a file of another user) is an error.
     public static func writeInPlace(_ bytes: [UInt8], to path: String, mode: mode_t = 0o644) throws {
-        // A file this call creates has `mode` already unless the umask took bits of it; then (and for a file that
-        // was there, which keeps its old mode) fchmod sets it. A batch writes three new files a device.
         var fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
-        var created = fd >= 0
-        if fd < 0 && errno == EEXIST {
-            fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC)
-            created = false
+        let created = fd >= 0
+        if !created {
+            guard errno == EEXIST else { throw ioError("cannot create \(path)") }
+            // O_NONBLOCK: opening a FIFO put there must not hang (without a reader it fails with ENXIO).
+            fd = open(path, O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+            guard fd >= 0 else {
+                if errno == ELOOP {
+                    throw KeylineError(.ioError, "\(path) is a symbolic link; refusing to write through it")
+                }
+                if errno == ENXIO {
+                    throw KeylineError(.ioError, "\(path) is not a regular file; refusing to write it")
+                }
+                throw ioError("cannot open \(path)")
+            }
         }
-        guard fd >= 0 else { throw ioError("cannot create \(path)") }
         defer { close(fd) }
+        if !created {
+            var st = stat()
+            guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG else {
+                throw KeylineError(.ioError, "\(path) is not a regular file; refusing to write it")
+            }
+            guard ftruncate(fd, 0) == 0 else { throw ioError("cannot truncate \(path)") }
+        }
         try writeAll(fd, bytes, mode: created && umaskKeeps(mode) ? nil : mode, path: path)
     }
 
@@ -129,7 +148,7 @@ public enum SafeFile {
         return value
     }()
 
-    /// True when a file created with `mode` gets exactly `mode` under the process's umask.
+    /// True when a file created with `mode` gets all of `mode` under the process's umask.
     static func umaskKeeps(_ mode: mode_t) -> Bool {
         guard let mask = processUmask else { return false }
         return mode & mask == 0
@@ -137,7 +156,7 @@ public enum SafeFile {
 
     /// Sets `mode` (when given) on an open file and writes all of `bytes`, retrying short writes and EINTR.
     private static func writeAll(_ fd: Int32, _ bytes: [UInt8], mode: mode_t?, path: String) throws {
-        if let mode { _ = fchmod(fd, mode) }
+        if let mode, fchmod(fd, mode) != 0 { throw ioError("cannot set the mode of \(path)") }
         var offset = 0
         while offset < bytes.count {
             let n = bytes[offset...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }

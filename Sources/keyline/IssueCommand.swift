@@ -222,14 +222,18 @@ struct StagedKey: Sendable {
     let pem: String
     let request: Issuer.Request
 
-    /// A new P-256 key for `cn`. Its point is encoded once, for the request's SubjectPublicKeyInfo, and the PEM is
-    /// made from that and the scalar.
+    /// A new P-256 key for `cn`. Its point is encoded here once, for the request's SubjectPublicKeyInfo, and the PEM
+    /// is made from that and the scalar (the certificate's own SPKI, made by swift-certificates, encodes it once
+    /// more). The scalar and the DER are wiped once the PEM holds them.
     init(cn: String) throws {
-        let (key, scalar) = DeviceKeys.p256WithScalar()
+        var (key, scalar) = DeviceKeys.p256WithScalar()
+        defer { SystemRandom.wipe(&scalar) }
         self.cn = cn
         self.request = Issuer.Request(cn: cn, publicKey: Certificate.PublicKey(key.publicKey))
         let x963 = try CertificateFactory.subjectPublicKeyBits(spki: request.subjectPublicKeyInfo)
-        self.pem = PEM.encode(try CertificateFactory.pkcs8P256(scalar: scalar, x963: x963), label: "PRIVATE KEY")
+        var der = try CertificateFactory.pkcs8P256(scalar: scalar, x963: x963)
+        defer { SystemRandom.wipe(&der) }
+        self.pem = PEM.encode(der, label: "PRIVATE KEY")
     }
 }
 

@@ -132,6 +132,30 @@ struct SafeFileTests {
         #expect(throws: KeylineError.self) { try SafeFile.writeInPlace([1], to: "\(dir)/missing/f") }
     }
 
+    @Test("writeInPlace refuses to write through a symbolic link (dangling or not) or into a FIFO")
+    func inPlaceRefusesLinks() throws {
+        let dir = try tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let target = "\(dir)/elsewhere"
+        try writeFile(target, "untouched", mode: 0o644)
+        #expect(symlink(target, "\(dir)/link.key.partial") == 0)
+        #expect {
+            try SafeFile.writeInPlace(Array("secret".utf8), to: "\(dir)/link.key.partial", mode: 0o600)
+        } throws: {
+            ($0 as? KeylineError)?.reason == "\(dir)/link.key.partial is a symbolic link; refusing to write through it"
+        }
+        #expect(FileManager.default.contents(atPath: target) == Data("untouched".utf8))
+        #expect(symlink("\(dir)/nowhere", "\(dir)/dangling.pem") == 0)
+        #expect(throws: KeylineError.self) { try SafeFile.writeInPlace([1], to: "\(dir)/dangling.pem") }
+        #expect(!FileManager.default.fileExists(atPath: "\(dir)/nowhere"), "the link's target must not be created")
+        #expect(mkfifo("\(dir)/fifo.pem", 0o644) == 0)
+        #expect {
+            try SafeFile.writeInPlace([1], to: "\(dir)/fifo.pem")
+        } throws: {
+            ($0 as? KeylineError)?.reason == "\(dir)/fifo.pem is not a regular file; refusing to write it"
+        }
+    }
+
     @Test("the umask read from /proc/self/status is the process's, as a shell it starts reports it")
     func umask() throws {
         let p = Process()
