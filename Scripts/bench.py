@@ -1882,7 +1882,10 @@ class Bench:
                      "opening the CA key (PBKDF2) and writing index.csv. Keys are made as keyline-rawbench makes "
                      "them: a P-256 scalar from the CSPRNG and its public point, without the FIPS pairwise test "
                      "swift-crypto runs on each key it generates. Runs before ed7f53a used swift-crypto's generation "
-                     "on both sides, about five times slower, so their ratios are not comparable with these.\n")
+                     "on both sides, about five times slower, so their ratios are not comparable with these. Since "
+                     "dc46ff3 both sides draw the scalar in one getrandom(2) call (not four), and `--files` encodes "
+                     "the key file from the scalar and the point as keyline issue does, so the raw limits of runs "
+                     "before it were measured with a slightly slower rawbench.\n")
         e = r.get("export")
         if e:
             L.append("### Export\n")
