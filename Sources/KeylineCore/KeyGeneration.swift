@@ -48,7 +48,9 @@ public enum DeviceKeys {
     /// nothing to find; every issued certificate's key is checked against the staged private key when a batch
     /// resumes.
     public static func p256() -> P256.Signing.PrivateKey {
-        p256WithScalar().key
+        var (key, scalar) = p256WithScalar()
+        SystemRandom.wipe(&scalar)
+        return key
     }
 
     /// ``p256()`` and the 32-byte scalar it was made from (for encoding the key without computing its point's

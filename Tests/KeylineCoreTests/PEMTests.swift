@@ -111,5 +111,8 @@ struct KeyEncodingTests {
         }
         var seen = Set<[UInt8]>()
         for _ in 0..<1000 { #expect(seen.insert(SystemRandom.bytes(20)).inserted) }
+        var secret = SystemRandom.bytes(32)
+        SystemRandom.wipe(&secret)
+        #expect(secret == [UInt8](repeating: 0, count: 32), "wipe leaves zeros of the same length")
     }
 }
