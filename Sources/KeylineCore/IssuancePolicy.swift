@@ -54,6 +54,16 @@ public struct CNRule: @unchecked Sendable {
         }
         return .accept
     }
+
+    /// The verdicts on the CNs of `cns` that this rule refuses, by index; empty when every one passes.
+    public func refusals(_ cns: [String]) -> [Int: PolicyVerdict] {
+        var out: [Int: PolicyVerdict] = [:]
+        for (i, cn) in cns.enumerated() {
+            let verdict = check(cn)
+            if verdict != .accept { out[i] = verdict }
+        }
+        return out
+    }
 }
 
 /// The issuance policy of one profile: every check a CSR must pass before anything is signed.

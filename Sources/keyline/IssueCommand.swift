@@ -73,14 +73,28 @@ struct IssueCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await runReporting(verbose: options.verbose) {
-            var names = cns
+            let names: [String]
             if let count, let cnTemplate {
                 let template = try CNTemplate(cnTemplate)
                 names = (start..<(start + count)).map(template.render)
+            } else {
+                names = cns
             }
             let station = try await options.openStation()
+            // Opening the CA key (PBKDF2) keeps one core busy for a fifth of a second or more. Meanwhile, on other
+            // threads, the file system OUT will be on is flushed of what earlier work left unwritten (else the first
+            // chunk's flush writes it, with every core waiting), the ledger is asked for the batch's CNs and the CNs
+            // are checked against the profile's rule. What the lookup and the check find is acted on only after the
+            // key opened, as before: a CA that cannot sign is still reported before any CN.
+            Self.flushAhead(of: out)
+            async let lookup = station.ledger.records(cns: names)
+            let rule = (try? station.config.profile(profile)).flatMap { try? CNRule(pattern: $0.cnPattern) }
+            async let precheck = rule?.refusals(names)
             let issuer = try await openIssuer(
                 station: station, profileName: profile, passphraseFile: passphraseFile, operatorOption: `operator`)
+            // The check counts only if it used the rule of the profile the issuer opened.
+            var cnRefusals = await precheck
+            if rule?.pattern != issuer.policy.cnRule.pattern { cnRefusals = nil }
             // The station makes P-256 keys; a profile that does not allow them must not get them.
             if case .refuse(let rule, let reason) = issuer.policy.checkKey(.ecP256) {
                 try await issuer.refuse(.refused(rule, "station-made keys are P-256: " + reason), cn: names.first)
@@ -91,9 +105,12 @@ struct IssueCommand: AsyncParsableCommand {
             // Sort the names: complete ones are skipped, CNs already in the ledger without our files are refused.
             var todo: [String] = []
             var skipped = 0
-            let known = try await station.ledger.records(cns: names)
-            for cn in names {
-                try await issuer.checkCN(cn)
+            let known = try await lookup
+            let refusals = cnRefusals ?? issuer.policy.cnRule.refusals(names)
+            for (i, cn) in names.enumerated() {
+                if case .refuse(let rule, let reason) = refusals[i] {
+                    try await issuer.refuse(.refused(rule, reason), cn: cn)
+                }
                 if let record = known[cn] {
                     // A revoked CN given --reissue gets a new certificate; the ledger checks the rest.
                     if reissue && record.state == .revoked {
@@ -200,6 +217,19 @@ struct IssueCommand: AsyncParsableCommand {
 }
 
 extension IssueCommand {
+    /// Flushes the file system that will hold `out` (its nearest existing directory) on a thread of its own. A
+    /// failure is left to the first chunk's own flush, which reports it.
+    static func flushAhead(of out: String) {
+        _ = Parallel.startBehind {
+            var dir = out.isEmpty ? "." : out
+            while !FileManager.default.fileExists(atPath: dir) && dir != "/" && dir != "." {
+                let parent = (dir as NSString).deletingLastPathComponent
+                dir = parent.isEmpty ? "." : parent
+            }
+            try? SafeFile.syncFileSystem(of: dir)
+        }
+    }
+
     /// Makes one P-256 key per CN and stages them (``BatchWriter/stage(_:)``), on a thread behind the critical path.
     static func prepare(_ cns: [String], with batch: BatchWriter) -> Task<[StagedKey], Error> {
         Parallel.startBehind {

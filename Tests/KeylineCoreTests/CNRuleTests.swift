@@ -44,6 +44,16 @@ struct CNRuleTests {
         #expect(loose.check("ok") == .accept)
     }
 
+    @Test("refusals of a batch: each refused CN by its index, with check's verdict; none when all pass")
+    func refusalsByIndex() {
+        let cns = ["dev-1", "bad cn", "dev-2", "BAD/2", "", "dev-3"]
+        let refusals = rule.refusals(cns)
+        #expect(refusals.keys.sorted() == [1, 3, 4])
+        for (i, verdict) in refusals { #expect(verdict == rule.check(cns[i])) }
+        #expect(rule.refusals(["dev-1", "dev-2"]).isEmpty)
+        #expect(rule.refusals([]).isEmpty)
+    }
+
     @Test("an invalid pattern is a configuration error")
     func invalidPattern() {
         #expect(throws: KeylineError(.configuration, "")) { try CNRule(pattern: "([") }

@@ -12,9 +12,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from conftest import (
+    EXIT_KEY_GUARD,
     EXIT_OK,
+    EXIT_POLICY,
+    RefusalCheck,
     Station,
     assert_exit,
+    assert_one_line_error,
     b64decode_pem,
     cert_fingerprint,
     load_cert,
@@ -24,6 +28,7 @@ from conftest import (
     public_key_pem_of_cert,
     public_key_pem_of_key,
     ski_of,
+    write_secret,
 )
 
 COUNT = 20
@@ -138,3 +143,30 @@ def test_issue_named_cns(station: Station, tmp_path):
     for cn in ("DEV-NAMED-A", "DEV-NAMED-B"):
         assert public_key_pem_of_key(out / f"{cn}.key") == public_key_pem_of_cert(out / f"{cn}.pem")
     assert station.records_count() == 2
+
+
+def test_issue_refuses_the_first_bad_cn_before_making_anything(station: Station, tmp_path):
+    """The CNs are checked against the profile's rule beside the CA key's opening; the first refused one, in the
+    order given, stops the batch before any key is made: one refused event with that CN, no record, no file."""
+    out = tmp_path / "o"
+    check = RefusalCheck(station, out)
+    r = station.run("issue", "GOOD-0001", "bad cn", "BAD/2", "--out", out)
+    assert_exit(r, EXIT_POLICY)
+    assert_one_line_error(r, rule="cn")
+    assert "white space" in r.err, r
+    check.check(r, refused_event=True, cn="bad cn")
+
+
+def test_issue_reports_a_wrong_passphrase_before_a_bad_cn(station: Station, tmp_path):
+    """A CA key that does not open is reported, not the CN checked beside it: one refused event (the key guard's,
+    without a CN) and the output directory is not even made."""
+    write_secret(station.passphrase_file, b"not-the-passphrase-0815\n")
+    out = tmp_path / "o"
+    check = RefusalCheck(station, out)
+    r = station.run("issue", "bad cn", "GOOD-0002", "--out", out)
+    assert_exit(r, EXIT_KEY_GUARD)
+    assert_one_line_error(r)
+    assert "bad cn" not in r.err, r
+    check.check(r, refused_event=True)
+    assert station.events("refused")[-1][3] is None, station.events("refused")
+    assert not out.exists()
