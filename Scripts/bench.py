@@ -8,7 +8,8 @@ One run, one machine, the same inputs for every peer:
   2. flat as it grows: one durable issuance with 0 / 100k / 1M records already in the ledger (and openssl ca with
      an index.txt of the same sizes, as far as it gets);
   3. bulk pre-generation: `keyline issue` on one core and on all cores, beside keyline-rawbench's raw limit
-     (and, as context, the raw limit plus each device's three files on the same disk);
+     (and, as context, the raw limit plus each device's three files on the same disk), interleaved in 3 rounds,
+     medians;
   4. export at scale: `keyline manifest devices` over the largest ledger of step 2 (time, peak RSS);
   5. reconcile at scale: `keyline ledger reconcile` of that ledger against its own device manifest, beside a Python
      peer (time, peak RSS);
@@ -153,6 +154,20 @@ def text_of(argv: list[str], timeout: float = 60) -> str:
 
 def median(xs):
     return statistics.median(xs) if xs else None
+
+
+def median_run(runs: list[dict]) -> dict:
+    """One side's runs summed up: the median of every numeric figure, and the runs themselves under "runs"."""
+    out: dict = {}
+    for k, v in runs[0].items():
+        values = [r.get(k) for r in runs]
+        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in values):
+            m = statistics.median(values)
+            out[k] = round(m, 3) if isinstance(m, float) else m
+        else:
+            out[k] = v
+    out["runs"] = runs
+    return out
 
 
 def pct(xs, p: float):
@@ -545,6 +560,8 @@ class Bench:
         self.fill_batch = 100_000
         self.bulk_n = args.bulk_n or (5000 if self.quick else 20_000)
         self.raw_seconds = args.raw_seconds or 5.0
+        # Bulk rounds: each runs keyline issue and keyline-rawbench on one core and on all cores, interleaved.
+        self.bulk_rounds = args.bulk_rounds or 3
         self.env = dict(os.environ, KEYLINE_OPERATOR="bench")
         self.env.pop("KEYLINE_STATION", None)
         self.r: dict = {}
@@ -598,7 +615,7 @@ class Bench:
                 raise StepFailed("/usr/bin/time is missing (apt-get install time, as root)")
         waited_for = 0.0
         keep_growth = bool(self.only) and "growth" not in self.only
-        if keep_growth:
+        if keep_growth and self.only & {"export", "reconcile"}:
             # A partial run that reuses the growth station must not wipe it: drop only the other steps' scratch.
             if not (WORK / "growth" / "station" / "ledger.sqlite").exists():
                 raise StepFailed(f"--only {','.join(sorted(self.only))} reuses {rel(WORK / 'growth/station')}, "
@@ -1227,9 +1244,10 @@ class Bench:
         line = cp.stdout.decode().strip().splitlines()[-1]
         return json.loads(line)
 
-    def bulk_run(self, station: Path, start: int, one_core: bool, step: str, out: Path | None = None) -> dict:
-        tag = ("1core" if one_core else "all") + ("-tmpfs" if out is not None else "")
-        out = out or WORK / "bulk" / ("out-1core" if one_core else "out-all")
+    def bulk_run(self, station: Path, start: int, one_core: bool, step: str, out: Path | None = None,
+                 round_: int = 1) -> dict:
+        tag = ("1core" if one_core else "all") + ("-tmpfs" if out is not None else f"-{round_}")
+        out = out or WORK / "bulk" / (f"out-1core-{round_}" if one_core else f"out-all-{round_}")
         tv = WORK / "bulk" / f"time-{tag}.txt"
         argv = self.kl("issue", "--count", str(self.bulk_n), "--start", str(start), "--cn-template", "bulk-{seq:06}",
                        "--chunk", str(BULK_CHUNK), "--out", str(out), "--station", str(station))
@@ -1253,32 +1271,41 @@ class Bench:
 
     def step_bulk(self):
         step = "3 bulk pre-generation"
-        log(f"step 3: bulk — keyline issue --count {self.bulk_n}, one core then all cores, beside rawbench")
+        log(f"step 3: bulk — keyline issue --count {self.bulk_n}, one core then all cores, beside rawbench, "
+            f"{self.bulk_rounds} rounds")
         base = WORK / "bulk"
         base.mkdir(parents=True, exist_ok=True)
         station = self.init_station(base / "station", step)
         cores = int(text_of(["nproc"]) or 1)
-        raw1 = self.rawbench_run(1, True, step)
-        log(f"  raw limit, one core: {raw1['per_sec']}/s")
-        # Context, not a target: the raw limit plus the three files a device leaves behind, on the batch's disk.
-        rawfiles1 = self.rawbench_run(1, True, step, files=base / "raw-files-1core")
-        log(f"  raw limit with the files, one core: {rawfiles1['per_sec']}/s")
-        bulk1 = self.bulk_run(station, 1, True, step)
-        log(f"  keyline issue, one core: {bulk1['per_sec']}/s (CPU {bulk1.get('cpu_percent')}%)")
-        rawall = self.rawbench_run(0, False, step)
-        log(f"  raw limit, all cores ({rawall['threads']} threads): {rawall['per_sec']}/s")
-        rawfilesall = self.rawbench_run(0, False, step, files=base / "raw-files-all")
-        log(f"  raw limit with the files, all cores: {rawfilesall['per_sec']}/s")
-        bulkall = self.bulk_run(station, self.bulk_n + 1, False, step)
-        log(f"  keyline issue, all cores: {bulkall['per_sec']}/s (CPU {bulkall.get('cpu_percent')}%)")
+        # Each round runs every side once, in the same order, so drift over the rounds reaches all of them; the
+        # figures are the medians over the rounds. The raw limit plus the three files a device leaves behind, on
+        # the batch's disk, is context, not a target.
+        series: dict[str, list[dict]] = {k: [] for k in ("raw1", "rawfiles1", "bulk1", "rawall", "rawfilesall",
+                                                          "bulkall")}
+        for i in range(1, self.bulk_rounds + 1):
+            series["raw1"].append(self.rawbench_run(1, True, step))
+            series["rawfiles1"].append(self.rawbench_run(1, True, step, files=base / f"raw-files-1core-{i}"))
+            series["bulk1"].append(self.bulk_run(station, (2 * i - 2) * self.bulk_n + 1, True, step, round_=i))
+            series["rawall"].append(self.rawbench_run(0, False, step))
+            series["rawfilesall"].append(self.rawbench_run(0, False, step, files=base / f"raw-files-all-{i}"))
+            series["bulkall"].append(self.bulk_run(station, (2 * i - 1) * self.bulk_n + 1, False, step, round_=i))
+            log(f"  round {i}: one core {series['bulk1'][-1]['per_sec']}/s (raw {series['raw1'][-1]['per_sec']}/s, "
+                f"with the files {series['rawfiles1'][-1]['per_sec']}/s); all cores "
+                f"{series['bulkall'][-1]['per_sec']}/s at {series['bulkall'][-1].get('cpu_percent')}% CPU (raw "
+                f"{series['rawall'][-1]['per_sec']}/s, with the files {series['rawfilesall'][-1]['per_sec']}/s)")
+        raw1, rawfiles1, bulk1, rawall, rawfilesall, bulkall = (median_run(series[k]) for k in (
+            "raw1", "rawfiles1", "bulk1", "rawall", "rawfilesall", "bulkall"))
+        log(f"  medians: one core {bulk1['per_sec']}/s against raw {raw1['per_sec']}/s; all cores "
+            f"{bulkall['per_sec']}/s at {bulkall.get('cpu_percent')}% CPU")
         # Side variant: the same runs with the batch's files on tmpfs (the ledger stays on disk). Creating three
         # files per certificate in one directory is serial in the kernel and, on this disk, the largest cost left;
         # this shows what the rest costs.
         tmpfs = {}
         shm = Path("/dev/shm")
         if shm.is_dir() and os.access(shm, os.W_OK):
-            for one_core, key, start in ((True, "one_core", 2 * self.bulk_n + 1), (False, "all_cores",
-                                                                                   3 * self.bulk_n + 1)):
+            first = 2 * self.bulk_rounds * self.bulk_n
+            for one_core, key, start in ((True, "one_core", first + 1), (False, "all_cores",
+                                                                         first + self.bulk_n + 1)):
                 out = shm / f"keyline-bench-bulk-{os.getpid()}-{key}"
                 try:
                     tmpfs[key] = self.bulk_run(station, start, one_core, step, out=out)
@@ -1290,7 +1317,14 @@ class Bench:
                           "all_cores": bulkall, "raw_1core": raw1, "raw_all": rawall, "files_on_tmpfs": tmpfs,
                           "raw_files_1core": rawfiles1, "raw_files_all": rawfilesall,
                           "speedup_all_vs_1core": ratio(bulkall["per_sec"], bulk1["per_sec"]),
-                          "raw_speedup_all_vs_1core": ratio(rawall["per_sec"], raw1["per_sec"])}
+                          "raw_speedup_all_vs_1core": ratio(rawall["per_sec"], raw1["per_sec"]),
+                          "rounds": self.bulk_rounds,
+                          # The ratios of each round, beside the ratios of the medians above.
+                          "round_ratio_vs_raw_limit": [ratio(b["per_sec"], x["per_sec"])
+                                                       for b, x in zip(series["bulk1"], series["raw1"])],
+                          "round_ratio_vs_raw_files": [ratio(b["per_sec"], x["per_sec"])
+                                                       for b, x in zip(series["bulk1"], series["rawfiles1"])],
+                          "round_all_cpu_percent": [b.get("cpu_percent") for b in series["bulkall"]]}
         self.r["cores"] = cores
         self.r["bulk_per_sec"] = bulkall["per_sec"]
         self.r["bulk_1core_per_sec"] = bulk1["per_sec"]
@@ -1665,8 +1699,9 @@ class Bench:
                 "is several times slower for about a minute (recently_deleted inode scan), which would otherwise "
                 "leak into the next measurement. Fill rates are therefore not bulk figures. Each measured run starts "
                 "after `sync`, so no peer pays for another's unflushed writes.")
-        n.append("Bulk: one run on one core (taskset -c 0) and one on all cores, each beside keyline-rawbench "
-                 f"({self.raw_seconds:.0f} s) in the same conditions; the station's ledger holds only the bulk "
+        n.append(f"Bulk: {self.bulk_rounds} rounds, each a run on one core (taskset -c 0) and one on all cores, "
+                 f"each beside keyline-rawbench ({self.raw_seconds:.0f} s, with and without the files) in the same "
+                 "conditions; the figures are the medians over the rounds. The station's ledger holds only the bulk "
                  "records. Export: the device import manifest (CSV) of the largest ledger of step 2, under "
                  "/usr/bin/time -v (peak RSS = maximum resident set size).")
         if r.get("reconcile_1m_seconds") is not None:
@@ -1837,6 +1872,10 @@ class Bench:
         b = r.get("bulk")
         if b:
             L.append("### Bulk pre-generation\n")
+            rounds = b.get("rounds", 1)
+            if rounds > 1:
+                L.append(f"Medians of {rounds} rounds (each round runs every row once, in this order); the rounds "
+                         "themselves are listed below the table. The tmpfs rows are single runs after the rounds.\n")
             L.append("| Run | Certificates/s | CPU % | Machine busy % | Peak RSS MB | Raw limit ops/s | Ratio to raw |")
             L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
             L.append(f"| one core (taskset -c 0) | {f(b['one_core']['per_sec'])} | {b['one_core'].get('cpu_percent')} "
@@ -1863,6 +1902,19 @@ class Bench:
                     L.append(f"| {label} (keyline-rawbench --files) | {f(x['per_sec'])} | | | | | keyline "
                              f"{f(ratio(bulk['per_sec'], x['per_sec']), 3)}× this |")
             L.append("")
+            if rounds > 1 and b["one_core"].get("runs"):
+                L.append("| Round | One core cert/s | Raw, one core | Raw with the files, one core | Ratio to raw | "
+                         "Ratio to raw with the files | All cores cert/s | CPU % | Raw, all cores | "
+                         "Raw with the files, all cores |")
+                L.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+                for i in range(rounds):
+                    one, al = b["one_core"]["runs"][i], b["all_cores"]["runs"][i]
+                    L.append(f"| {i + 1} | {f(one['per_sec'])} | {f(b['raw_1core']['runs'][i]['per_sec'])} | "
+                             f"{f(b['raw_files_1core']['runs'][i]['per_sec'])} | "
+                             f"{f(b['round_ratio_vs_raw_limit'][i], 3)} | {f(b['round_ratio_vs_raw_files'][i], 3)} | "
+                             f"{f(al['per_sec'])} | {al.get('cpu_percent')} | {f(b['raw_all']['runs'][i]['per_sec'])} | "
+                             f"{f(b['raw_files_all']['runs'][i]['per_sec'])} |")
+                L.append("")
             if b.get("raw_files_1core"):
                 L.append("The two rows \"raw limit with the files\" are context, not a target: keyline-rawbench makes the key "
                          "and the signature and then writes the three files of each device as `keyline issue` does "
@@ -1982,7 +2034,7 @@ class Bench:
             "n": self.n, "rounds": self.rounds, "openssl_n": self.openssl_n,
             "openssl_plain_key_n": self.openssl_plain_n, "growth_sizes": self.sizes,
             "growth_csrs_per_run": self.growth_csrs, "growth_repetitions": self.growth_reps,
-            "openssl_growth_budget_seconds": self.openssl_growth_budget, "bulk_n": self.bulk_n,
+            "openssl_growth_budget_seconds": self.openssl_growth_budget, "bulk_n": self.bulk_n, "bulk_rounds": self.bulk_rounds,
             "raw_seconds": self.raw_seconds,
         }
         self.r["machine"] = self.machine()
@@ -2091,6 +2143,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--growth-csrs", type=int, help="override: CSRs per growth run (default 200)")
     ap.add_argument("--openssl-budget", type=float, help="override: openssl ca seconds per growth size")
     ap.add_argument("--bulk-n", type=int, help="override: certificates per bulk run")
+    ap.add_argument("--bulk-rounds", type=int, help="override: bulk rounds (default 3)")
     ap.add_argument("--raw-seconds", type=float, help="override: keyline-rawbench seconds (default 5)")
     ap.add_argument("--only", help="run only these steps (comma-separated: durable, growth, bulk, export, "
                                    "reconcile, line) and merge their figures into the existing bench/results.json; "
