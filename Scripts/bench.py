@@ -561,7 +561,7 @@ class Bench:
         self.bulk_n = args.bulk_n or (5000 if self.quick else 20_000)
         self.raw_seconds = args.raw_seconds or 5.0
         # Bulk rounds: each runs keyline issue and keyline-rawbench on one core and on all cores, interleaved.
-        self.bulk_rounds = args.bulk_rounds or 3
+        self.bulk_rounds = max(1, args.bulk_rounds or 3)
         self.env = dict(os.environ, KEYLINE_OPERATOR="bench")
         self.env.pop("KEYLINE_STATION", None)
         self.r: dict = {}
@@ -2034,8 +2034,8 @@ class Bench:
             "n": self.n, "rounds": self.rounds, "openssl_n": self.openssl_n,
             "openssl_plain_key_n": self.openssl_plain_n, "growth_sizes": self.sizes,
             "growth_csrs_per_run": self.growth_csrs, "growth_repetitions": self.growth_reps,
-            "openssl_growth_budget_seconds": self.openssl_growth_budget, "bulk_n": self.bulk_n, "bulk_rounds": self.bulk_rounds,
-            "raw_seconds": self.raw_seconds,
+            "openssl_growth_budget_seconds": self.openssl_growth_budget, "bulk_n": self.bulk_n,
+            "bulk_rounds": self.bulk_rounds, "raw_seconds": self.raw_seconds,
         }
         self.r["machine"] = self.machine()
         m = self.r["machine"]
