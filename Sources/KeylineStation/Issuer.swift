@@ -197,9 +197,12 @@ public struct Issuer: Sendable {
 
     /// Checks a station-chosen CN against the profile; refusals are recorded and thrown.
     public func checkCN(_ cn: String) async throws {
-        if case .refuse(let rule, let reason) = policy.cnRule.check(cn) {
-            try await refuse(.refused(rule, reason), cn: cn)
-        }
+        try await enforce(policy.cnRule.check(cn), cn: cn)
+    }
+
+    /// Refuses `cn` when `verdict` is a refusal (recorded and thrown, as ``refuse(_:cn:)``); nothing otherwise.
+    public func enforce(_ verdict: PolicyVerdict, cn: String?) async throws {
+        if case .refuse(let rule, let reason) = verdict { try await refuse(.refused(rule, reason), cn: cn) }
     }
 
     /// One certificate to issue: a CN and a public key that passed the policy.

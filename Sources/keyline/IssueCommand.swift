@@ -108,9 +108,7 @@ struct IssueCommand: AsyncParsableCommand {
             let known = try await lookup
             let refusals = cnRefusals ?? issuer.policy.cnRule.refusals(names)
             for (i, cn) in names.enumerated() {
-                if case .refuse(let rule, let reason) = refusals[i] {
-                    try await issuer.refuse(.refused(rule, reason), cn: cn)
-                }
+                if let verdict = refusals[i] { try await issuer.enforce(verdict, cn: cn) }
                 if let record = known[cn] {
                     // A revoked CN given --reissue gets a new certificate; the ledger checks the rest.
                     if reissue && record.state == .revoked {
